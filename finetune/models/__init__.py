@@ -1,0 +1,1 @@
+"""The project's own transformer architectures, registered with transformers' Auto classes."""
