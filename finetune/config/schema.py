@@ -1,0 +1,274 @@
+"""The run schema: one typed, documented section per concern.
+
+Every section forbids unknown keys, so a typo fails with its full path instead of being
+ignored. Field docstrings are the documentation: `finetune config schema` prints them.
+Architecture hyperparameters are not copied here: `model.config` passes them through to the
+Hugging Face config class, and is checked against that class's fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, model_validator
+
+from finetune.config.base import Section
+from finetune.config.data import DataConfig, TokenizerConfig
+
+# --------------------------------------------------------------------------------------
+# model
+# --------------------------------------------------------------------------------------
+
+
+def hf_config_class(model_type: str) -> type:
+    """The transformers config class registered for `model_type`.
+
+    Raises:
+        ValueError: `model_type` is not registered; the message lists close names.
+    """
+    from transformers import CONFIG_MAPPING
+
+    import finetune.models  # noqa: F401  (registers the project's architectures)
+
+    if model_type not in CONFIG_MAPPING:
+        known = sorted(CONFIG_MAPPING.keys())
+        close = difflib.get_close_matches(model_type, known, n=3)
+        hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(
+            f"unknown architecture {model_type!r}; use a registered model_type "
+            f"such as 'llama' or 'decoder'. {hint}".strip()
+        )
+    return CONFIG_MAPPING[model_type]
+
+
+def unknown_config_keys(config_class: type, keys: list[str]) -> list[str]:
+    """Error messages for `keys` that `config_class` does not declare as fields.
+
+    transformers stores unknown config kwargs as attributes without complaint, so a typo
+    such as `hidden_sise` would silently build the default model; this catches it.
+    """
+    if not dataclasses.is_dataclass(config_class):
+        return []
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    messages = []
+    for key in keys:
+        if key in fields:
+            continue
+        close = difflib.get_close_matches(key, sorted(fields), n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"accepted: {', '.join(sorted(fields))}"
+        messages.append(f"unknown field {key!r} for {config_class.__name__}; {hint}")
+    return messages
+
+
+class ModelConfig(Section):
+    """Which model to train: a pretrained checkpoint, or an architecture built from scratch."""
+
+    name_or_path: str | None = None
+    """A local Hugging Face checkpoint directory (or a Hub id, when the Hub is reachable)."""
+
+    architecture: str | None = None
+    """A registered `model_type` to build with random weights from `config`, e.g. `llama`
+    or the project's own `decoder`. Exactly one of `name_or_path` and `architecture`."""
+
+    config: dict[str, Any] = Field(default_factory=dict)
+    """Fields for the architecture's Hugging Face config class (hidden_size,
+    num_hidden_layers, ...). With `name_or_path` they override the checkpoint's config."""
+
+    trust_remote_code: bool = False
+    """Allow a checkpoint's own modeling code to run (needed for custom Hub architectures)."""
+
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = None
+    """Attention kernel; None lets transformers choose (sdpa where supported)."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelConfig:
+        if (self.name_or_path is None) == (self.architecture is None):
+            raise ValueError(
+                "set exactly one of model.name_or_path (a checkpoint to start from) "
+                "and model.architecture (a model_type to build from scratch)"
+            )
+        if self.architecture is not None:
+            errors = unknown_config_keys(hf_config_class(self.architecture), list(self.config))
+            if errors:
+                raise ValueError("model.config: " + "; ".join(errors))
+        return self
+
+
+# --------------------------------------------------------------------------------------
+# method
+# --------------------------------------------------------------------------------------
+
+
+class FullMethod(Section):
+    """Full fine-tuning: every parameter trains."""
+
+    type: Literal["full"] = "full"
+
+
+class LoraMethod(Section):
+    """LoRA through peft: the base model is frozen, low-rank adapters train."""
+
+    type: Literal["lora"] = "lora"
+
+    rank: int = Field(16, ge=1)
+    """Rank r of the update matrices."""
+
+    alpha: float = Field(32.0, gt=0)
+    """Scaling numerator: updates are scaled by alpha / rank (alpha / sqrt(rank) with rsLoRA)."""
+
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout on the adapter input."""
+
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    """Module names to adapt, or `all-linear` for every linear layer but the output head."""
+
+    modules_to_save: list[str] = Field(default_factory=list)
+    """Modules trained in full and saved with the adapter (e.g. a new classification head)."""
+
+    use_rslora: bool = False
+    """Rank-stabilised scaling alpha / sqrt(rank)."""
+
+    use_dora: bool = False
+    """Weight-decomposed LoRA (DoRA)."""
+
+    bias: Literal["none", "all", "lora_only"] = "none"
+    """Which biases train."""
+
+
+MethodConfig = Annotated[FullMethod | LoraMethod, Field(discriminator="type")]
+
+
+# --------------------------------------------------------------------------------------
+# train
+# --------------------------------------------------------------------------------------
+
+
+class TrainConfig(Section):
+    """The optimisation loop."""
+
+    epochs: float = Field(1.0, gt=0)
+    """Passes over the training data (ignored when `max_steps` is set)."""
+
+    max_steps: int | None = Field(None, ge=1)
+    """Stop after this many optimizer steps."""
+
+    micro_batch_size: int = Field(8, ge=1)
+    """Samples per device per forward pass."""
+
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    """Micro-batches per optimizer step."""
+
+    lr: float = Field(5e-5, gt=0)
+    """Peak learning rate."""
+
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay (not applied to biases and norms)."""
+
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    """Decay after warm-up."""
+
+    warmup_steps: int = Field(0, ge=0)
+    """Linear warm-up steps from 0 to `lr`."""
+
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    """Clip the global gradient norm to this value; None disables clipping."""
+
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Compute precision. Checked against the hardware at preflight."""
+
+    allow_slow_precision: bool = False
+    """Run a precision the processor has no native support for (bf16 on most CPUs is
+    about 100x slower than fp32) instead of refusing it at preflight."""
+
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory."""
+
+    seed: int = 42
+    """Seed for weights, data order and dropout."""
+
+    eval_steps: int | None = Field(None, ge=1)
+    """Evaluate every N steps (and at the end) when evaluation data exists."""
+
+
+# --------------------------------------------------------------------------------------
+# distributed
+# --------------------------------------------------------------------------------------
+
+
+class DistributedConfig(Section):
+    """Multi-process training through DeepSpeed."""
+
+    deepspeed: str | None = None
+    """Path to a DeepSpeed JSON config (see configs/deepspeed/). Values the framework owns
+    (batch sizes, accumulation, clipping, precision) are filled from this schema."""
+
+    zero_stage: Literal[0, 1, 2, 3] | None = None
+    """Use the DeepSpeed ZeRO preset for this stage (instead of a `deepspeed` file)."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DistributedConfig:
+        if self.deepspeed is not None and self.zero_stage is not None:
+            raise ValueError("set at most one of distributed.deepspeed and distributed.zero_stage")
+        return self
+
+
+# --------------------------------------------------------------------------------------
+# logging and output
+# --------------------------------------------------------------------------------------
+
+
+class LoggingConfig(Section):
+    """Metrics and progress."""
+
+    steps: int = Field(10, ge=1)
+    """Log the training loss every N optimizer steps."""
+
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] | None = None
+    """Experiment trackers. None: TensorBoard when it is installed. [] reports to none.
+    metrics.jsonl in the output directory is always written."""
+
+
+class OutputConfig(Section):
+    """Where the run writes its checkpoints and final model."""
+
+    dir: str
+    """Output directory. An existing one is refused unless --overwrite or --resume."""
+
+    save_steps: int | None = Field(None, ge=1)
+    """Write a checkpoint every N optimizer steps."""
+
+    save_total_limit: int | None = Field(None, ge=1)
+    """Keep at most this many checkpoints (the oldest are deleted)."""
+
+
+# --------------------------------------------------------------------------------------
+# the run
+# --------------------------------------------------------------------------------------
+
+
+class RunConfig(Section):
+    """A complete fine-tuning run."""
+
+    model: ModelConfig
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    data: DataConfig
+    method: MethodConfig = Field(default_factory=FullMethod)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    output: OutputConfig
+
+    @model_validator(mode="after")
+    def _tokenizer_source(self) -> RunConfig:
+        if (
+            self.model.name_or_path is None
+            and self.tokenizer.name_or_path is None
+            and self.tokenizer.train is None
+        ):
+            raise ValueError(
+                "a model built from model.architecture has no tokenizer: set "
+                "tokenizer.name_or_path, or tokenizer.train to train one on the data"
+            )
+        return self

@@ -1,0 +1,1 @@
+"""Data: sources, formats, tokenization with loss masks, collation."""

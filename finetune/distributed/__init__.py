@@ -1,0 +1,1 @@
+"""DeepSpeed configuration and launch helpers."""

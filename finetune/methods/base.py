@@ -1,0 +1,73 @@
+"""Build the base model: a checkpoint from disk, or an architecture with random weights."""
+
+from __future__ import annotations
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from finetune.config.schema import ModelConfig, hf_config_class, unknown_config_keys
+from finetune.errors import ConfigError
+
+
+def load_base_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    """The model to train, in fp32, with embeddings that cover the tokenizer.
+
+    Raises:
+        ConfigError: the checkpoint cannot be loaded, or `model.config` names fields its
+            config class does not have.
+    """
+    kwargs = {}
+    if cfg.attn_implementation is not None:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    if cfg.architecture is not None:
+        config = _new_config(cfg, tokenizer)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, **kwargs)
+    else:
+        config = _checkpoint_config(cfg)
+        model = AutoModelForCausalLM.from_pretrained(
+            cfg.name_or_path,
+            config=config,
+            dtype=torch.float32,
+            trust_remote_code=cfg.trust_remote_code,
+            **kwargs,
+        )
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    return model
+
+
+def _new_config(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
+    fields = {
+        "vocab_size": len(tokenizer),
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        **cfg.config,
+    }
+    try:
+        return hf_config_class(cfg.architecture)(**fields)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"model.config: {err}") from None
+
+
+def _checkpoint_config(cfg: ModelConfig) -> PretrainedConfig:
+    try:
+        config = AutoConfig.from_pretrained(
+            cfg.name_or_path, trust_remote_code=cfg.trust_remote_code
+        )
+    except (OSError, ValueError) as err:
+        raise ConfigError(
+            f"model.name_or_path: cannot load a model config from {cfg.name_or_path!r}: {err}"
+        ) from None
+    errors = unknown_config_keys(type(config), list(cfg.config))
+    if errors:
+        raise ConfigError("model.config: " + "; ".join(errors))
+    for key, value in cfg.config.items():
+        setattr(config, key, value)
+    return config

@@ -1,0 +1,83 @@
+"""Checks of this machine and environment against a valid config, before any work starts.
+
+The schema validates on any machine; what depends on the hardware or installed libraries
+is checked here, so a config written on a laptop can be validated there and run elsewhere.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from functools import cache
+from pathlib import Path
+
+import torch
+
+from finetune.config.schema import RunConfig
+from finetune.errors import PreflightError
+
+
+@cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX-BF16)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = {
+        flag for line in text.splitlines() if line.startswith("flags") for flag in line.split()
+    }
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def check_precision(precision: str, allow_slow: bool) -> None:
+    """Refuse a precision this machine cannot run, or runs far slower than fp32."""
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise PreflightError(
+            "train.precision: fp16 mixed precision needs a CUDA GPU and none is available; "
+            "use train.precision=fp32"
+        )
+    if precision != "bf16":
+        return
+    if torch.cuda.is_available():
+        if not torch.cuda.is_bf16_supported():
+            raise PreflightError(
+                "train.precision: this GPU does not support bf16; use fp16 or fp32"
+            )
+        return
+    if not cpu_has_native_bf16() and not allow_slow:
+        raise PreflightError(
+            "train.precision: bf16 was asked for, but this CPU has no native bf16 "
+            "(no avx512_bf16/amx_bf16) and would run about 100x slower than fp32. "
+            "Use train.precision=fp32, or set train.allow_slow_precision=true to run anyway."
+        )
+
+
+def require_module(module: str, feature: str, extra: str) -> None:
+    """Fail with the install command when an optional library is missing."""
+    if importlib.util.find_spec(module) is None:
+        raise PreflightError(
+            f"{feature} needs the '{module}' package: pip install 'finetune[{extra}]'"
+        )
+
+
+def preflight(cfg: RunConfig) -> None:
+    """Check that this machine can run `cfg`.
+
+    Raises:
+        PreflightError: with the field to change, or the package to install.
+    """
+    check_precision(cfg.train.precision, cfg.train.allow_slow_precision)
+    if cfg.method.type == "lora":
+        require_module("peft", "method.type=lora", "peft")
+    if cfg.distributed.deepspeed is not None or cfg.distributed.zero_stage is not None:
+        require_module("deepspeed", "DeepSpeed (distributed section)", "deepspeed")
+    if cfg.distributed.deepspeed is not None and not Path(cfg.distributed.deepspeed).is_file():
+        raise PreflightError(f"distributed.deepspeed: file not found: {cfg.distributed.deepspeed}")
+    if cfg.model.attn_implementation == "flash_attention_2":
+        if not torch.cuda.is_available():
+            raise PreflightError(
+                "model.attn_implementation: flash_attention_2 needs a CUDA GPU; use sdpa"
+            )
+        require_module("flash_attn", "model.attn_implementation=flash_attention_2", "all")
+    for logger in cfg.logging.report_to or []:
+        require_module(logger, f"logging.report_to: {logger}", logger)

@@ -1,0 +1,65 @@
+"""TrainingArguments from the run schema's sections."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainingArguments
+
+from finetune.config.schema import LoggingConfig, OutputConfig, TrainConfig
+
+
+def report_to(cfg: LoggingConfig) -> list[str]:
+    """Trackers to report to: as configured, else TensorBoard when it is installed."""
+    if cfg.report_to is not None:
+        return list(cfg.report_to)
+    return ["tensorboard"] if importlib.util.find_spec("tensorboard") else []
+
+
+def training_arguments(
+    train: TrainConfig,
+    logging: LoggingConfig,
+    output: OutputConfig,
+    deepspeed: dict[str, Any] | None,
+    has_eval: bool,
+) -> TrainingArguments:
+    """Translate the train, logging and output sections for transformers' Trainer.
+
+    Creating the arguments also sets up the distributed state when the process was started
+    by a launcher (deepspeed, torchrun), so this comes before any rank writes a file.
+    """
+    out = Path(output.dir)
+    evaluate = has_eval and train.eval_steps is not None
+    return TrainingArguments(
+        output_dir=str(out / "checkpoints"),
+        per_device_train_batch_size=train.micro_batch_size,
+        per_device_eval_batch_size=train.micro_batch_size,
+        gradient_accumulation_steps=train.gradient_accumulation_steps,
+        learning_rate=train.lr,
+        weight_decay=train.weight_decay,
+        lr_scheduler_type=train.lr_scheduler,
+        warmup_steps=train.warmup_steps,
+        max_grad_norm=train.max_grad_norm or 0.0,
+        num_train_epochs=train.epochs,
+        max_steps=train.max_steps or -1,
+        bf16=train.precision == "bf16",
+        fp16=train.precision == "fp16",
+        gradient_checkpointing=train.gradient_checkpointing,
+        seed=train.seed,
+        logging_steps=logging.steps,
+        report_to=report_to(logging),
+        eval_strategy="steps" if evaluate else "no",
+        eval_steps=train.eval_steps if evaluate else None,
+        save_strategy="steps" if output.save_steps else "no",
+        save_steps=output.save_steps or 500,
+        save_total_limit=output.save_total_limit,
+        # Without use_cpu, accelerate picks no distributed backend on CPU, counts a world
+        # size of 1, and each rank trains alone on all the data.
+        use_cpu=not torch.cuda.is_available(),
+        deepspeed=deepspeed,
+        remove_unused_columns=False,
+        disable_tqdm=False,
+    )
