@@ -1,0 +1,73 @@
+"""Shared fixtures: tiny data, configs written to disk, and the CLI run as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+WORDS = "the cat dog sat on a mat ran to house big small red blue green tree under over".split()
+
+
+def write_text_data(path: Path, rows: int = 400, seed: int = 0) -> Path:
+    """A small plain-text corpus, one sample per line."""
+    rng = random.Random(seed)
+    lines = (" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 20))) for _ in range(rows))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def tiny_config(tmp_path: Path, **sections: Any) -> dict[str, Any]:
+    """A run config for a 2-layer Llama with a trained 300-token tokenizer."""
+    data = write_text_data(tmp_path / "train.txt")
+    cfg: dict[str, Any] = {
+        "model": {
+            "architecture": "llama",
+            "config": {
+                "hidden_size": 64,
+                "intermediate_size": 128,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 2,
+            },
+        },
+        "tokenizer": {"train": {"vocab_size": 300}},
+        "data": {"train": [{"path": str(data)}], "max_length": 64},
+        "train": {"max_steps": 30, "micro_batch_size": 8, "lr": 3e-3},
+        "logging": {"steps": 5, "report_to": []},
+        "output": {"dir": str(tmp_path / "out")},
+    }
+    for name, values in sections.items():
+        cfg.setdefault(name, {}).update(values)
+    return cfg
+
+
+def write_config(path: Path, cfg: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, **env: str):
+    """Run `python -m finetune.cli ARGS` in a subprocess and return the CompletedProcess."""
+    full_env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **env}
+    return subprocess.run(
+        [sys.executable, "-m", "finetune.cli", *args],
+        cwd=cwd or REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path: Path) -> dict[str, Any]:
+    return tiny_config(tmp_path)
