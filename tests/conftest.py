@@ -14,7 +14,26 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
-WORDS = "the cat dog sat on a mat ran to house big small red blue green tree under over".split()
+WORDS = [
+    "the",
+    "cat",
+    "dog",
+    "sat",
+    "on",
+    "a",
+    "mat",
+    "ran",
+    "to",
+    "house",
+    "big",
+    "small",
+    "red",
+    "blue",
+    "green",
+    "tree",
+    "under",
+    "over",
+]
 
 
 def write_text_data(path: Path, rows: int = 400, seed: int = 0) -> Path:

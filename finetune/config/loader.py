@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -13,6 +14,8 @@ from pydantic import BaseModel, ValidationError
 
 from finetune.config.schema import RunConfig
 from finetune.errors import ConfigError
+
+_SCIENTIFIC = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -56,6 +59,8 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
     parts = key.strip().split(".")
     try:
         value = yaml.safe_load(text) if text.strip() else text
+        if isinstance(value, str) and _SCIENTIFIC.fullmatch(value):
+            value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
     except yaml.YAMLError as err:
         raise ConfigError(f"--set {override!r}: the value is not valid YAML: {err}") from None
     node = raw

@@ -50,7 +50,14 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTra
 def train_tokenizer(texts: Iterable[str], cfg: TokenizerTrainConfig) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer with EOS, pad and ChatML tokens and a chat template."""
     backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # Digits split one by one (as Llama 3 and SmolLM2 do): numbers then share tokens and
+    # a small model can learn arithmetic rules instead of memorising digit groups.
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=cfg.vocab_size,
