@@ -65,6 +65,17 @@ class FinetuneSeq2SeqConfig(TransformerConfig):
             self.num_decoder_layers = self.num_hidden_layers
         super().__post_init__(**kwargs)
 
+    def get_text_config(self, decoder: bool | None = None, encoder: bool | None = None):
+        """The config of one stack; with `decoder=True`, `num_hidden_layers` is the decoder depth.
+
+        transformers sizes generation caches from `get_text_config(decoder=True)`, so the
+        decoder depth must show there when it differs from the encoder's.
+        """
+        config = super().get_text_config(decoder=decoder, encoder=encoder)
+        if decoder and not encoder:
+            config.num_hidden_layers = self.num_decoder_layers
+        return config
+
     def validate_architecture(self) -> None:
         """Check the shared fields, then the seq2seq ones."""
         super().validate_architecture()
