@@ -276,10 +276,12 @@ class FinetuneSeq2SeqDecoder(FinetuneSeq2SeqPreTrainedModel):
             position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)
 
         for layer in self.layers:
+            # Encoder states positionally: reentrant checkpointing only tracks gradients of
+            # positional tensors, and the encoder must receive its gradient through them
             hidden_states = layer(
                 hidden_states,
-                attention_mask=causal_mask,
-                encoder_hidden_states=encoder_hidden_states,
+                causal_mask,
+                encoder_hidden_states,
                 encoder_attention_mask=encoder_mask,
                 position_embeddings=position_embeddings,
                 past_key_values=past_key_values,
