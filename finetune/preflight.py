@@ -29,22 +29,36 @@ def cpu_has_native_bf16() -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
-def check_precision(precision: str, allow_slow: bool) -> None:
-    """Refuse a precision this machine cannot run, or runs far slower than fp32."""
-    if precision == "fp16" and not torch.cuda.is_available():
+def check_precision(
+    precision: str,
+    allow_slow: bool,
+    cuda: bool | None = None,
+    cpu_bf16: bool | None = None,
+) -> None:
+    """Refuse a precision this machine cannot run, or runs far slower than fp32.
+
+    Args:
+        precision: `train.precision`.
+        allow_slow: `train.allow_slow_precision`.
+        cuda: whether a CUDA GPU is used (detected when None).
+        cpu_bf16: whether the CPU has native bf16 (detected when None).
+    """
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if precision == "fp16" and not cuda:
         raise PreflightError(
             "train.precision: fp16 mixed precision needs a CUDA GPU and none is available; "
             "use train.precision=fp32"
         )
     if precision != "bf16":
         return
-    if torch.cuda.is_available():
+    if cuda:
         if not torch.cuda.is_bf16_supported():
             raise PreflightError(
                 "train.precision: this GPU does not support bf16; use fp16 or fp32"
             )
         return
-    if not cpu_has_native_bf16() and not allow_slow:
+    cpu_bf16 = cpu_has_native_bf16() if cpu_bf16 is None else cpu_bf16
+    if not cpu_bf16 and not allow_slow:
         raise PreflightError(
             "train.precision: bf16 was asked for, but this CPU has no native bf16 "
             "(no avx512_bf16/amx_bf16) and would run about 100x slower than fp32. "

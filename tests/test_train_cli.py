@@ -9,7 +9,6 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from finetune.preflight import cpu_has_native_bf16
 from tests.conftest import run_cli, tiny_config, write_config
 
 
@@ -84,12 +83,11 @@ def test_overwrite_refuses_a_directory_finetune_did_not_write(tmp_path: Path) ->
     assert precious.read_text() == "keep me"
 
 
-@pytest.mark.skipif(cpu_has_native_bf16(), reason="this CPU has native bf16")
-def test_bf16_is_refused_at_preflight_on_this_cpu(tmp_path: Path) -> None:
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 runs on a GPU")
+def test_preflight_refuses_before_anything_is_written(tmp_path: Path) -> None:
     path = write_config(tmp_path / "run.yaml", tiny_config(tmp_path))
-    result = run_cli("train", str(path), "--set", "train.precision=bf16")
+    result = run_cli("train", str(path), "--set", "train.precision=fp16")
     assert result.returncode == 2
-    assert "no native bf16" in result.stderr
-    assert "train.allow_slow_precision=true" in result.stderr
+    assert "fp16 mixed precision needs a CUDA GPU" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()

@@ -16,6 +16,7 @@ from pydantic import Field, model_validator
 
 from finetune.config.base import Section
 from finetune.config.data import DataConfig, TokenizerConfig
+from finetune.config.hub import HubConfig
 
 # --------------------------------------------------------------------------------------
 # model
@@ -191,6 +192,9 @@ class TrainConfig(Section):
     eval_steps: int | None = Field(None, ge=1)
     """Evaluate every N steps (and at the end) when evaluation data exists."""
 
+    eval_untrained: bool = False
+    """Also evaluate the model before the first step, to report the gain from training."""
+
 
 # --------------------------------------------------------------------------------------
 # distributed
@@ -258,6 +262,7 @@ class RunConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    hub: HubConfig = Field(default_factory=HubConfig)
     output: OutputConfig
 
     @model_validator(mode="after")

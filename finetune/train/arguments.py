@@ -62,4 +62,5 @@ def training_arguments(
         deepspeed=deepspeed,
         remove_unused_columns=False,
         disable_tqdm=False,
+        include_num_input_tokens_seen="non_padding",
     )

@@ -1,20 +1,32 @@
-"""Trainer callbacks that write the run's own records."""
+"""Trainer callbacks that write the run's own records and show its progress."""
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_callback import ProgressCallback
+
+from finetune.train.checkpoints import mark_complete
 
 
 class MetricsLogger(TrainerCallback):
-    """Append every log event (loss, learning rate, eval loss...) to a JSON-lines file."""
+    """Append every log event to a JSON-lines file, with tokens/s and perplexity added.
+
+    It mutates the logs it receives, so callbacks after it (the progress bar) show the
+    added values too.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.start = time.monotonic()
+        self._last: tuple[float, int] | None = None
+
+    def on_train_begin(self, args, state: TrainerState, control, **kwargs) -> None:
+        self._last = (time.monotonic(), state.num_input_tokens_seen)
 
     def on_log(
         self,
@@ -24,10 +36,53 @@ class MetricsLogger(TrainerCallback):
         logs: dict[str, float] | None = None,
         **kwargs,
     ) -> None:
-        if not state.is_world_process_zero or not logs:
+        if not logs:
+            return
+        now = time.monotonic()
+        if "loss" in logs and self._last is not None:
+            seconds, tokens = now - self._last[0], state.num_input_tokens_seen - self._last[1]
+            if seconds > 0 and tokens > 0:
+                logs["tokens_per_second"] = round(tokens / seconds, 1)
+            self._last = (now, state.num_input_tokens_seen)
+        if "eval_loss" in logs:
+            logs["eval_perplexity"] = math.exp(min(logs["eval_loss"], 50.0))
+        if not state.is_world_process_zero:
             return
         record = {"step": state.global_step, "epoch": state.epoch, **logs}
-        record["elapsed_s"] = round(time.monotonic() - self.start, 3)
+        record["elapsed_s"] = round(now - self.start, 3)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+class CheckpointMarker(TrainerCallback):
+    """Mark a checkpoint complete once the Trainer has written all of it.
+
+    A run killed while saving leaves a checkpoint without the marker, which resume skips.
+    """
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control, **kwargs) -> None:
+        if state.is_world_process_zero:
+            mark_complete(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+
+
+class ProgressBar(ProgressCallback):
+    """The Trainer's progress bar, with loss, learning rate and tokens/s beside it.
+
+    Training logs go to the bar's postfix instead of a printed dict per log step;
+    evaluation results are still printed.
+    """
+
+    def on_log(self, args, state: TrainerState, control, logs=None, **kwargs) -> None:
+        if not state.is_world_process_zero or self.training_bar is None or not logs:
+            return
+        if "loss" in logs:
+            postfix = {"loss": f"{logs['loss']:.4g}"}
+            if "learning_rate" in logs:
+                postfix["lr"] = f"{logs['learning_rate']:.3g}"
+            if "tokens_per_second" in logs:
+                postfix["tok/s"] = f"{logs['tokens_per_second']:.0f}"
+            self.training_bar.set_postfix(postfix, refresh=False)
+        elif any(key.startswith("eval_") for key in logs):
+            shown = {k: f"{v:.4g}" if isinstance(v, float) else v for k, v in logs.items()}
+            self.training_bar.write(str(shown))

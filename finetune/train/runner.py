@@ -4,24 +4,34 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
-from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast, Trainer
+from transformers import (
+    AutoTokenizer,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+from transformers.trainer_callback import ProgressCallback
 
 from finetune.config.loader import dump_config
 from finetune.config.schema import RunConfig
-from finetune.data.collator import PaddingCollator
+from finetune.data.collator import build_collator
 from finetune.data.pipeline import build_datasets, iter_training_texts
 from finetune.data.tokenizer import load_tokenizer, train_tokenizer
 from finetune.distributed.deepspeed import deepspeed_config
+from finetune.hub import check_hub, hub_callbacks, push_trained
 from finetune.methods import apply_method, load_base_model, trainable_parameters
 from finetune.preflight import preflight
 from finetune.train.arguments import training_arguments
-from finetune.train.callbacks import MetricsLogger
+from finetune.train.callbacks import CheckpointMarker, MetricsLogger, ProgressBar
+from finetune.train.checkpoints import resume_checkpoint
 from finetune.train.output import (
-    CHECKPOINTS,
     METRICS,
     RUN_CONFIG,
     RUN_INFO,
@@ -32,21 +42,50 @@ from finetune.train.output import (
 logger = logging.getLogger(__name__)
 
 
+@dataclass
+class PreparedRun:
+    """Everything built for a run, up to (not including) the first optimizer step."""
+
+    cfg: RunConfig
+    args: TrainingArguments
+    trainer: Trainer
+    tokenizer: PreTrainedTokenizerBase
+    out: Path
+    resume_from: Path | None = None
+    parameters: tuple[int, int] = (0, 0)
+    untrained_metrics: dict[str, float] = field(default_factory=dict)
+
+
 def train(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
-    """Run `cfg` end to end and return the run summary written to run_info.json.
+    """Run `cfg` end to end and return the run summary written to run_info.json."""
+    return execute(prepare_run(cfg, overwrite=overwrite, resume=resume))
+
+
+def prepare_run(
+    cfg: RunConfig,
+    overwrite: bool = False,
+    resume: bool = False,
+    callbacks: list[TrainerCallback] | None = None,
+) -> PreparedRun:
+    """Check, read the data, build the model and the Trainer.
 
     Order matters: checks first, then data, and only then anything written to the output
     directory, so a bad config or data row never touches an earlier run's files.
     """
     preflight(cfg)
+    check_hub(cfg.hub, cfg.output)  # a push_to_hub run needs a token the Hub accepts
     out = Path(cfg.output.dir)
     ds_config = deepspeed_config(cfg.distributed, cfg.train)
     has_eval = bool(cfg.data.eval) or cfg.data.eval_ratio > 0
     args = training_arguments(cfg.train, cfg.logging, cfg.output, ds_config, has_eval)
     check_output_dir(out, overwrite=overwrite, resume=resume)
+    resume_from = None
+    if resume:
+        resume_from = resume_checkpoint(out, RUN_CONFIG, cfg.model_dump(mode="json"))
     _barrier()  # every rank has looked at the directory before rank 0 changes it
 
-    tokenizer = _build_tokenizer(cfg)
+    # A resumed run reuses the tokenizer it saved, rather than training a new one.
+    tokenizer = AutoTokenizer.from_pretrained(out) if resume else _build_tokenizer(cfg)
     with args.main_process_first(desc="tokenizing"):
         train_set, eval_set = build_datasets(cfg.data, tokenizer, cfg.train.seed)
 
@@ -55,6 +94,7 @@ def train(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> dict
             clear_output_dir(out)
         out.mkdir(parents=True, exist_ok=True)
         (out / RUN_CONFIG).write_text(dump_config(cfg))
+        tokenizer.save_pretrained(str(out))
     _barrier()
 
     model = apply_method(load_base_model(cfg.model, tokenizer), cfg.method)
@@ -69,28 +109,47 @@ def train(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> dict
         args=args,
         train_dataset=train_set,
         eval_dataset=eval_set,
-        data_collator=PaddingCollator(tokenizer.pad_token_id),
+        data_collator=build_collator(cfg.data, tokenizer.pad_token_id),
         processing_class=tokenizer,
-        callbacks=[MetricsLogger(out / METRICS)],
+        callbacks=[
+            MetricsLogger(out / METRICS),
+            CheckpointMarker(),
+            *hub_callbacks(cfg.hub, out),
+            *(callbacks or []),
+        ],
     )
-    result = trainer.train(resume_from_checkpoint=_latest_checkpoint(out) if resume else None)
-    metrics = dict(result.metrics)
-    if eval_set is not None:
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(ProgressBar())
+    return PreparedRun(cfg, args, trainer, tokenizer, out, resume_from, (trainable, total))
+
+
+def execute(run: PreparedRun) -> dict[str, Any]:
+    """Train, evaluate, save the final model and write run_info.json."""
+    trainer, out = run.trainer, run.out
+    has_eval = trainer.eval_dataset is not None
+    if has_eval and run.cfg.train.eval_untrained and run.resume_from is None:
+        run.untrained_metrics = trainer.evaluate(metric_key_prefix="untrained")
+    resume_from = str(run.resume_from) if run.resume_from else None
+    metrics = dict(trainer.train(resume_from_checkpoint=resume_from).metrics)
+    if has_eval:
         metrics.update(trainer.evaluate())
 
-    model.config.use_cache = True
+    trainer.model.config.use_cache = True  # saved for generation, where the cache helps
     trainer.save_model(str(out))
     summary = {
-        "world_size": args.world_size,
+        "world_size": run.args.world_size,
         "engine": type(trainer.model_wrapped).__name__,
         "global_step": trainer.state.global_step,
-        "trainable_parameters": trainable,
-        "total_parameters": total,
+        "tokens_seen": trainer.state.num_input_tokens_seen,
+        "trainable_parameters": run.parameters[0],
+        "total_parameters": run.parameters[1],
         "metrics": metrics,
+        "untrained_metrics": run.untrained_metrics,
     }
-    if args.process_index == 0:
-        tokenizer.save_pretrained(str(out))
+    if run.args.process_index == 0:
         (out / RUN_INFO).write_text(json.dumps(summary, indent=2) + "\n")
+        if run.cfg.hub.push_to_hub:  # publish the saved output directory (rank 0 only)
+            push_trained(out, run.cfg.hub)
     return summary
 
 
@@ -126,24 +185,6 @@ def _tokenizer_from_state(state: dict[str, Any]) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def _latest_checkpoint(out: Path) -> str:
-    """The newest checkpoint whose trainer state was written (the last file saved)."""
-    root = out / CHECKPOINTS
-    complete = [
-        p
-        for p in root.glob("checkpoint-*")
-        if p.name.removeprefix("checkpoint-").isdigit() and (p / "trainer_state.json").is_file()
-    ]
-    if not complete:
-        from finetune.errors import OutputDirError
-
-        raise OutputDirError(f"--resume: no complete checkpoint under {root}")
-    return str(max(complete, key=lambda p: int(p.name.removeprefix("checkpoint-"))))
-
-
 def _barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
-
-
-__all__ = ["train"]
