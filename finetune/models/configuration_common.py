@@ -120,10 +120,10 @@ class TransformerConfig(PreTrainedConfig):
         if self.positions != "rope":
             # The base class fills in default rope parameters for every config: meaningless here
             self.rope_parameters = None
-        else:
-            self.validate_rope()
         self.auto_map = {**self.family_auto_map, **(getattr(self, "auto_map", None) or {})}
         self.validate_architecture()
+        if self.positions == "rope":
+            self.validate_rope()
 
     def validate_architecture(self) -> None:
         """Check the architecture fields together.
