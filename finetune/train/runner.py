@@ -16,6 +16,7 @@ from transformers import (
     Trainer,
     TrainerCallback,
     TrainingArguments,
+    set_seed,
 )
 from transformers.trainer_callback import ProgressCallback
 
@@ -97,6 +98,7 @@ def prepare_run(
         tokenizer.save_pretrained(str(out))
     _barrier()
 
+    set_seed(cfg.train.seed)  # new weights and adapters are drawn from the run's seed
     model = apply_method(load_base_model(cfg.model, tokenizer), cfg.method)
     model.config.use_cache = False  # a cache would disable packed-sequence masking
     trainable, total = trainable_parameters(model)

@@ -1,0 +1,160 @@
+"""Resume reproduces the uninterrupted run; gradient accumulation is not a different batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from finetune.config import validate_config
+from finetune.train.checkpoints import COMPLETE
+from finetune.train.runner import prepare_run
+from tests.conftest import REPO, run_cli, tiny_config, write_config
+
+STEPS, HALF = 40, 20
+
+
+def _losses(out: Path) -> dict[int, float]:
+    """Training loss per logged step; a resumed run's later entries replace earlier ones."""
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+
+def _resume_config(tmp_path: Path, name: str) -> Path:
+    cfg = tiny_config(tmp_path)
+    cfg["train"].update(max_steps=STEPS)
+    cfg["logging"]["steps"] = 1
+    cfg["output"].update(dir=str(tmp_path / name), save_steps=HALF)
+    return write_config(tmp_path / f"{name}.yaml", cfg)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("resume")
+    result = run_cli("train", str(_resume_config(tmp, "full")))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp / "full"
+
+
+def _kill_after_half(config: Path, out: Path) -> None:
+    """Start a run and SIGKILL it as soon as its half-way checkpoint is complete."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "finetune.cli", "train", str(config)],
+        cwd=REPO,
+        env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    marker = out / "checkpoints" / f"checkpoint-{HALF}" / COMPLETE
+    deadline = time.monotonic() + 300
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert marker.exists()
+    # If the run got further before the kill landed, drop what it wrote after the
+    # checkpoint, as if the kill had come right then.
+    for later in out.glob("checkpoints/checkpoint-*"):
+        if int(later.name.split("-")[1]) > HALF:
+            shutil.rmtree(later)
+    for name in ("model.safetensors", "run_info.json"):
+        (out / name).unlink(missing_ok=True)
+
+
+def test_resume_reproduces_the_uninterrupted_run(uninterrupted: Path, tmp_path: Path) -> None:
+    config = _resume_config(tmp_path, "killed")
+    out = tmp_path / "killed"
+    _kill_after_half(config, out)
+    result = run_cli("train", str(config), "--resume")
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    expected, got = _losses(uninterrupted), _losses(out)
+    assert sorted(got) == list(range(1, STEPS + 1))
+    for step in range(HALF + 1, STEPS + 1):
+        assert got[step] == expected[step], f"step {step}: {got[step]} != {expected[step]}"
+    final, reference = (
+        load_file(out / "model.safetensors"),
+        load_file(uninterrupted / "model.safetensors"),
+    )
+    assert final.keys() == reference.keys()
+    for name, tensor in reference.items():
+        torch.testing.assert_close(final[name], tensor, rtol=0, atol=0, msg=name)
+
+
+def _copy_run(run: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of a finished run and its own resolved config, pointing at the copy."""
+    out = tmp_path / "copy"
+    shutil.copytree(run, out)
+    cfg = yaml.safe_load((out / "run_config.yaml").read_text())
+    cfg["output"]["dir"] = str(out)
+    return out, write_config(tmp_path / "copy.yaml", cfg)
+
+
+def test_half_written_checkpoint_is_never_taken(uninterrupted: Path, tmp_path: Path) -> None:
+    out, cfg = _copy_run(uninterrupted, tmp_path)
+    # Simulate a kill during the step-40 save: its files are there, the marker is not.
+    (out / "checkpoints" / f"checkpoint-{STEPS}" / COMPLETE).unlink()
+    result = run_cli("train", str(cfg), "--resume")
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records if "loss" in r]
+    # Steps 21-40 ran twice: once originally, once after resuming from checkpoint-20.
+    assert steps.count(HALF + 1) == 2 and steps.count(HALF) == 1, steps
+
+
+def test_resume_refuses_a_changed_model(uninterrupted: Path, tmp_path: Path) -> None:
+    _, cfg = _copy_run(uninterrupted, tmp_path)
+    result = run_cli("train", str(cfg), "--resume", "--set", "model.config.hidden_size=32")
+    assert result.returncode == 2
+    assert "model.config.hidden_size: 64 -> 32" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_resume_without_checkpoints_is_refused(tmp_path: Path) -> None:
+    result = run_cli("train", str(_resume_config(tmp_path, "never")), "--resume")
+    assert result.returncode == 2
+    assert "holds no run to resume" in result.stderr
+
+
+class _FirstStepGradients(TrainerCallback):
+    def __init__(self) -> None:
+        self.grads: dict[str, torch.Tensor] = {}
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs) -> None:
+        if state.global_step == 0:
+            self.grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+
+
+def _first_steps(tmp_path: Path, micro: int, accumulation: int) -> tuple[list[float], dict]:
+    cfg = tiny_config(tmp_path)
+    cfg["train"].update(
+        max_steps=3, micro_batch_size=micro, gradient_accumulation_steps=accumulation
+    )
+    cfg["logging"]["steps"] = 1
+    cfg["output"]["dir"] = str(tmp_path / f"out-{micro}x{accumulation}")
+    grads = _FirstStepGradients()
+    run = prepare_run(validate_config(cfg), callbacks=[grads])
+    run.trainer.train()
+    losses = [h["loss"] for h in run.trainer.state.log_history if "loss" in h]
+    return losses, grads.grads
+
+
+def test_gradient_accumulation_normalises_over_tokens(tmp_path: Path) -> None:
+    # The samples have 5 to 20 words: a per-micro-batch mean would weight them differently.
+    big_losses, big_grads = _first_steps(tmp_path, micro=8, accumulation=1)
+    small_losses, small_grads = _first_steps(tmp_path, micro=2, accumulation=4)
+    assert len(big_losses) == 3
+    torch.testing.assert_close(small_losses, big_losses, rtol=0, atol=1e-6)
+    for name, grad in big_grads.items():
+        torch.testing.assert_close(small_grads[name], grad, rtol=0, atol=1e-5, msg=name)
