@@ -90,6 +90,56 @@ def config_schema() -> None:
     click.echo(json.dumps(RunConfig.model_json_schema(), indent=2))
 
 
+@cli.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@overrides_option
+@user_errors
+def preprocess(config: str, overrides: tuple[str, ...]) -> None:
+    """Read, check and tokenize CONFIG's data without training; print a summary.
+
+    Fills the data cache, so a following `finetune train` starts straight away.
+    """
+    from finetune.config import load_config
+    from finetune.data import format_summary
+    from finetune.data import preprocess as run
+
+    click.echo(format_summary(run(load_config(config, overrides))), nl=False)
+
+
+@cli.group("tokenizer")
+def tokenizer_group() -> None:
+    """Train tokenizers."""
+
+
+@tokenizer_group.command("train")
+@click.argument("config", type=click.Path(dir_okay=False))
+@overrides_option
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Directory to save the tokenizer to. Default: OUTPUT_DIR-tokenizer next to output.dir.",
+)
+@user_errors
+def tokenizer_train(config: str, overrides: tuple[str, ...], out: str | None) -> None:
+    """Train CONFIG's tokenizer (tokenizer.train) on its training data, save it, and report
+    its compression on held-out text."""
+    from finetune.config import load_config
+    from finetune.data import train_tokenizer_with_report
+
+    cfg = load_config(config, overrides)
+    tokenizer, report = train_tokenizer_with_report(cfg.tokenizer, cfg.data)
+    out = out or f"{cfg.output.dir.rstrip('/')}-tokenizer"
+    tokenizer.save_pretrained(out)
+    click.echo(f"saved to {out} (vocabulary {report.vocab_size}, {report.train_texts} texts)")
+    click.echo(
+        f"held-out compression: {report.bytes_per_token:.2f} bytes per token "
+        f"({report.heldout_bytes} bytes, {report.heldout_tokens} tokens, "
+        f"{report.heldout_texts} texts)"
+    )
+    click.echo(f"use it with: --set tokenizer.name_or_path={out} tokenizer.train=null")
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="finetune")

@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from finetune.config.data import DataConfig
+
 IGNORE_INDEX = -100
 
 
@@ -32,3 +34,51 @@ class PaddingCollator:
             labels[row, :n] = torch.as_tensor(sample["labels"])
             attention_mask[row, :n] = 1
         return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+@dataclass
+class PackingCollator:
+    """Concatenate each row's samples; position ids restart at 0 for every sample.
+
+    Each item is a list of samples (a `PackedDataset` row) or a single sample. No
+    attention mask is returned: transformers then derives a block-diagonal causal mask
+    from the position ids, so samples never attend to each other (the model must run
+    with `use_cache=False`). The first label of every sample is ignored, as it is when
+    the sample runs alone: otherwise the previous sample's last token would be trained to
+    predict it. Rows shorter than the batch's longest are padded with a block of pad
+    tokens whose positions also restart at 0 and whose labels are ignored.
+    """
+
+    pad_token_id: int
+
+    def __call__(self, rows: list[Any]) -> dict[str, torch.Tensor]:
+        packed = [self._concatenate([row] if isinstance(row, dict) else row) for row in rows]
+        longest = max(len(ids) for ids, _, _ in packed)
+        input_ids = torch.full((len(rows), longest), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(rows), longest), IGNORE_INDEX, dtype=torch.long)
+        position_ids = torch.zeros((len(rows), longest), dtype=torch.long)
+        for row, (ids, row_labels, positions) in enumerate(packed):
+            n = len(ids)
+            input_ids[row, :n] = torch.as_tensor(ids)
+            labels[row, :n] = torch.as_tensor(row_labels)
+            position_ids[row, :n] = torch.as_tensor(positions)
+            position_ids[row, n:] = torch.arange(longest - n)
+        return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+
+    @staticmethod
+    def _concatenate(samples: list[dict[str, Any]]) -> tuple[list[int], list[int], list[int]]:
+        ids: list[int] = []
+        labels: list[int] = []
+        positions: list[int] = []
+        for sample in samples:
+            n = len(sample["input_ids"])
+            ids.extend(sample["input_ids"])
+            labels.append(IGNORE_INDEX)
+            labels.extend(sample["labels"][1:])
+            positions.extend(range(n))
+        return ids, labels, positions
+
+
+def build_collator(cfg: DataConfig, pad_token_id: int) -> PaddingCollator | PackingCollator:
+    """The collator for the data section: packing rows when `data.packing`, else padding."""
+    return PackingCollator(pad_token_id) if cfg.packing else PaddingCollator(pad_token_id)

@@ -1,18 +1,333 @@
-"""Turn rows of each data format into token ids and labels (-100 where no loss)."""
+"""Turn a row of each data format into token ids and a per-token loss mask.
+
+Every format renders its row to text with known character spans that carry loss, then
+tokenizes the whole text once and marks the tokens that overlap those spans (a token
+that straddles the prompt/answer boundary, such as " Paris" after "Answer:", carries
+loss). Masks never come from comparing ids with the pad id: SmolLM2's pad token is its
+end-of-turn token, which must keep its label.
+
+Formats are looked up by name in `ENCODERS` (and `TEXTS`, the plain text used to train a
+tokenizer), so adding one means adding a config class and two functions.
+"""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
+from finetune.config.data import (
+    AlpacaFormat,
+    ChatFormat,
+    CompletionFormat,
+    DatasetConfig,
+    FormatConfig,
+    TextFormat,
+)
+from finetune.data.sources import InvalidRow, iter_rows
 
-def tokenize_text(
-    row: dict[str, Any], tokenizer: PreTrainedTokenizerBase, text_field: str, max_length: int
-) -> dict[str, list[int]]:
-    """Raw language modelling: every token of the text, then EOS, carries loss."""
-    ids = tokenizer(row[text_field], add_special_tokens=False)["input_ids"]
-    if tokenizer.bos_token_id is not None and tokenizer.bos_token_id != tokenizer.eos_token_id:
-        ids = [tokenizer.bos_token_id, *ids]
-    ids = [*ids, tokenizer.eos_token_id][:max_length]
-    return {"input_ids": ids, "labels": list(ids)}
+ROLES = ("system", "user", "assistant")
+GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
+class BadRow(Exception):
+    """A row that does not fit its format; the message says what is wrong with it."""
+
+
+@dataclass
+class Encoded:
+    """A tokenized row: ids and, per id, whether it carries loss."""
+
+    input_ids: list[int]
+    trainable: list[bool]
+
+
+def encode_row(row: Any, fmt: FormatConfig, tokenizer: PreTrainedTokenizerBase) -> Encoded:
+    """Tokenize one row of format `fmt`, marking the tokens that carry loss.
+
+    Raises:
+        BadRow: the row does not fit the format (missing field, wrong type, empty text,
+            unknown role...).
+    """
+    return ENCODERS[fmt.type](_as_record(row), fmt, tokenizer)
+
+
+def row_text(row: Any, fmt: FormatConfig) -> str:
+    """The row's plain text (prompt and answer), used to train a tokenizer.
+
+    Raises:
+        BadRow: the row does not fit the format.
+    """
+    return TEXTS[fmt.type](_as_record(row), fmt)
+
+
+def iter_texts(sources: list[DatasetConfig], limit: int | None = None) -> Iterator[str]:
+    """Plain text of the sources' rows in order (bad rows skipped: the data build reports
+    them), for training a tokenizer."""
+    count = 0
+    for source in sources:
+        for _, row in iter_rows(source):
+            if limit is not None and count >= limit:
+                return
+            try:
+                yield row_text(row, source.format)
+            except BadRow:
+                continue
+            count += 1
+
+
+def _as_record(row: Any) -> dict[str, Any]:
+    if isinstance(row, InvalidRow):
+        raise BadRow(row.message)
+    if not isinstance(row, dict):
+        raise BadRow(f"expected an object with named fields, got {type(row).__name__}")
+    return row
+
+
+def _field(row: dict[str, Any], name: str, option: str, required: bool = True) -> str:
+    """A string field; `option` is the format option that names it, for the hint."""
+    if name not in row:
+        if not required:
+            return ""
+        keys = ", ".join(map(str, row)) or "none"
+        raise BadRow(f"missing field {name!r} (fields: {keys}); set format.{option} if it differs")
+    value = row[name]
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str):
+        raise BadRow(f"field {name!r} must be a string, got {type(value).__name__}")
+    if required and not value.strip():
+        raise BadRow(f"field {name!r} is empty")
+    return value
+
+
+# --------------------------------------------------------------------------------------
+# text, completion, alpaca: a prompt segment and an answer segment, then EOS
+# --------------------------------------------------------------------------------------
+
+
+def encode_segments(
+    segments: list[tuple[str, bool]], tokenizer: PreTrainedTokenizerBase
+) -> Encoded:
+    """Tokenize the concatenated segments with the tokenizer's own special tokens (a BOS,
+    where it adds one) and end with EOS, which carries loss when the last segment does.
+
+    Args:
+        segments: `(text, carries_loss)` pieces in order.
+        tokenizer: a fast tokenizer (offsets locate the segments).
+    """
+    text = "".join(piece for piece, _ in segments)
+    spans, start = [], 0
+    for piece, trainable in segments:
+        if trainable:
+            spans.append((start, start + len(piece)))
+        start += len(piece)
+    encoding = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
+    ids = list(encoding["input_ids"])
+    trainable = [_overlaps(span, spans) for span in encoding["offset_mapping"]]
+    answer_trains = segments[-1][1]
+    if ids and ids[-1] == tokenizer.eos_token_id:  # the tokenizer appended EOS itself
+        trainable[-1] = answer_trains
+    else:
+        ids.append(tokenizer.eos_token_id)
+        trainable.append(answer_trains)
+    return Encoded(ids, trainable)
+
+
+def _overlaps(token: tuple[int, int], spans: list[tuple[int, int]]) -> bool:
+    start, end = token
+    if start == end:  # a zero-width token (an added BOS) belongs where it stands
+        return any(a <= start < b for a, b in spans)
+    return any(start < b and a < end for a, b in spans)
+
+
+def _encode_text(row: dict[str, Any], fmt: TextFormat, tok: PreTrainedTokenizerBase) -> Encoded:
+    return encode_segments([(_text_text(row, fmt), True)], tok)
+
+
+def _text_text(row: dict[str, Any], fmt: TextFormat) -> str:
+    return _field(row, fmt.text_field, "text_field")
+
+
+def _encode_completion(
+    row: dict[str, Any], fmt: CompletionFormat, tok: PreTrainedTokenizerBase
+) -> Encoded:
+    prompt, completion = _completion_parts(row, fmt)
+    return encode_segments([(prompt, fmt.train_on_prompt), (completion, True)], tok)
+
+
+def _completion_parts(row: dict[str, Any], fmt: CompletionFormat) -> tuple[str, str]:
+    prompt = _field(row, fmt.prompt_field, "prompt_field")
+    completion = _field(row, fmt.completion_field, "completion_field")
+    return prompt + fmt.separator, completion
+
+
+def _completion_text(row: dict[str, Any], fmt: CompletionFormat) -> str:
+    return "".join(_completion_parts(row, fmt))
+
+
+def _encode_alpaca(row: dict[str, Any], fmt: AlpacaFormat, tok: PreTrainedTokenizerBase) -> Encoded:
+    prompt, output = _alpaca_parts(row, fmt)
+    return encode_segments([(prompt, fmt.train_on_prompt), (output, True)], tok)
+
+
+def _alpaca_parts(row: dict[str, Any], fmt: AlpacaFormat) -> tuple[str, str]:
+    instruction = _field(row, fmt.instruction_field, "instruction_field")
+    extra = _field(row, fmt.input_field, "input_field", required=False)
+    output = _field(row, fmt.output_field, "output_field")
+    if extra.strip():
+        prompt = fmt.prompt_template.format(instruction=instruction, input=extra)
+    else:
+        prompt = fmt.prompt_template_no_input.format(instruction=instruction)
+    return prompt, output
+
+
+def _alpaca_text(row: dict[str, Any], fmt: AlpacaFormat) -> str:
+    return "".join(_alpaca_parts(row, fmt))
+
+
+# --------------------------------------------------------------------------------------
+# chat
+# --------------------------------------------------------------------------------------
+
+
+def chat_messages(row: dict[str, Any], fmt: ChatFormat) -> list[dict[str, str]]:
+    """The row's turns as `{"role", "content"}` dicts, roles mapped and checked.
+
+    Raises:
+        BadRow: not a list of turns, a turn without role or text, an unknown role, a
+            system turn after the first, a conversation opening with the assistant, or
+            no assistant turn at all.
+    """
+    if fmt.messages_field not in row:
+        keys = ", ".join(map(str, row)) or "none"
+        raise BadRow(
+            f"missing field {fmt.messages_field!r} (fields: {keys}); "
+            "set format.messages_field if it differs"
+        )
+    turns = row[fmt.messages_field]
+    if not isinstance(turns, list):
+        raise BadRow(f"field {fmt.messages_field!r} must be a list of turns")
+    if not turns:
+        raise BadRow(f"field {fmt.messages_field!r} is empty")
+    messages = [_turn(turn, number, fmt) for number, turn in enumerate(turns, start=1)]
+    if fmt.system_prompt is not None and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": fmt.system_prompt})
+    for number, message in enumerate(messages[1:], start=2):
+        if message["role"] == "system":
+            raise BadRow(f"turn {number} is a system turn; only the first turn may be")
+    first = next(m for m in messages if m["role"] != "system")
+    if first["role"] == "assistant":
+        raise BadRow("the conversation opens with an assistant turn; start with a user turn")
+    if not any(m["role"] == "assistant" for m in messages):
+        raise BadRow("no assistant turn, so nothing to learn")
+    return messages
+
+
+def _turn(turn: Any, number: int, fmt: ChatFormat) -> dict[str, str]:
+    if not isinstance(turn, dict):
+        raise BadRow(
+            f"turn {number} must be an object with {fmt.role_field!r} and "
+            f"{fmt.content_field!r}, got {type(turn).__name__}"
+        )
+    if fmt.role_field not in turn:
+        raise BadRow(f"turn {number}: missing field {fmt.role_field!r}")
+    role = turn[fmt.role_field]
+    role = fmt.role_names.get(role, role) if isinstance(role, str) else role
+    if role not in ROLES:
+        raise BadRow(
+            f"turn {number}: unknown role {turn[fmt.role_field]!r}; expected system, user or "
+            "assistant (map other names with format.role_names)"
+        )
+    if fmt.content_field not in turn:
+        raise BadRow(f"turn {number}: missing field {fmt.content_field!r}")
+    content = turn[fmt.content_field]
+    if not isinstance(content, str):
+        raise BadRow(
+            f"turn {number}: {fmt.content_field!r} must be a string, got {type(content).__name__}"
+        )
+    if not content.strip():
+        raise BadRow(f"turn {number}: {fmt.content_field!r} is empty")
+    return {"role": role, "content": content}
+
+
+def _encode_chat(row: dict[str, Any], fmt: ChatFormat, tok: PreTrainedTokenizerBase) -> Encoded:
+    from jinja2 import TemplateError
+
+    messages = chat_messages(row, fmt)
+    try:
+        if fmt.train_on_prompt:
+            ids = tok.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+            return Encoded(list(ids), [True] * len(ids))
+        if GENERATION_MARKER.search(tok.get_chat_template()):
+            out = tok.apply_chat_template(
+                messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+            )
+            return Encoded(list(out["input_ids"]), [bool(m) for m in out["assistant_masks"]])
+        return _encode_chat_by_prefix(messages, tok)
+    except TemplateError as err:
+        raise BadRow(f"the chat template rejected this conversation: {err}") from None
+
+
+def _encode_chat_by_prefix(messages: list[dict[str, str]], tok: PreTrainedTokenizerBase) -> Encoded:
+    """Assistant spans from rendering growing prefixes of the conversation.
+
+    An assistant turn runs from the end of `render(turns before it, generation prompt)` to
+    the end of `render(turns up to it)`. Whatever the template writes after the turn's
+    last special token (ChatML's newline after <|im_end|>) is not something the model
+    generates, so it carries no loss.
+    """
+    text = tok.apply_chat_template(messages, tokenize=False)
+    spans = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        head = tok.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+        turn = tok.apply_chat_template(messages[: i + 1], tokenize=False)
+        if not (text.startswith(turn) and turn.startswith(head)):
+            raise BadRow(
+                f"the tokenizer's chat template does not render turn {i + 1} as a prefix of "
+                "the conversation, so its span cannot be located; use a template with "
+                "{% generation %} markers"
+            )
+        spans.append((len(head), len(turn)))
+    encoding = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = list(encoding["input_ids"]), encoding["offset_mapping"]
+    trainable = [False] * len(ids)
+    special = _special_ids(tok)
+    for span in spans:
+        members = [j for j, off in enumerate(offsets) if _overlaps(off, [span])]
+        ends = [j for j in members if ids[j] in special]
+        last = ends[-1] if ends else (members[-1] if members else -1)
+        for j in members:
+            trainable[j] = j <= last
+    return Encoded(ids, trainable)
+
+
+def _special_ids(tok: PreTrainedTokenizerBase) -> set[int]:
+    added = {i for i, token in tok.added_tokens_decoder.items() if token.special}
+    return added | set(tok.all_special_ids)
+
+
+def _chat_text(row: dict[str, Any], fmt: ChatFormat) -> str:
+    return "\n".join(m["content"] for m in chat_messages(row, fmt))
+
+
+Encoder = Callable[[dict[str, Any], Any, PreTrainedTokenizerBase], Encoded]
+
+ENCODERS: dict[str, Encoder] = {
+    "text": _encode_text,
+    "completion": _encode_completion,
+    "alpaca": _encode_alpaca,
+    "chat": _encode_chat,
+}
+
+TEXTS: dict[str, Callable[[dict[str, Any], Any], str]] = {
+    "text": _text_text,
+    "completion": _completion_text,
+    "alpaca": _alpaca_text,
+    "chat": _chat_text,
+}

@@ -1,0 +1,119 @@
+"""The tokenized-data cache: one directory per key, published atomically.
+
+A cache entry is `<root>/<key>/` holding `data.arrow` (an Arrow stream with `input_ids`,
+`labels` and `length`, memory-mapped when read) and `meta.json` (the source's row
+statistics). It is written under a temporary name in the same directory and renamed into
+place, so a reader sees a complete entry or none, and two processes that tokenize the same
+source at once both succeed (the second rename loses and its copy is deleted). In a
+multi-process run the runner lets rank 0 go first, so the other ranks only read.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import datasets
+import pyarrow as pa
+
+CACHE_VERSION = 1
+"""Bump when the stored layout or the tokenization rules change."""
+
+DATA_FILE = "data.arrow"
+META_FILE = "meta.json"
+
+SCHEMA = pa.schema(
+    [
+        ("input_ids", pa.list_(pa.int32())),
+        ("labels", pa.list_(pa.int32())),
+        ("length", pa.int32()),
+    ]
+)
+
+
+def cache_root(cache_dir: str | None) -> Path:
+    """`cache_dir`, else `$FINETUNE_CACHE/data`, else `~/.cache/finetune/data`."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    base = os.environ.get("FINETUNE_CACHE")
+    return (Path(base).expanduser() if base else Path.home() / ".cache" / "finetune") / "data"
+
+
+def cache_key(parts: dict[str, Any]) -> str:
+    """A stable hash of everything that decides the tokenized rows."""
+    text = json.dumps({"version": CACHE_VERSION, **parts}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def load_entry(root: Path, key: str) -> tuple[datasets.Dataset, dict[str, Any]] | None:
+    """The cached dataset and its statistics, or None when there is no complete entry."""
+    entry = root / key
+    try:
+        meta = json.loads((entry / META_FILE).read_text())
+        return datasets.Dataset.from_file(str(entry / DATA_FILE)), meta
+    except (OSError, ValueError):
+        return None
+
+
+class EntryWriter:
+    """Write tokenized rows in batches, then publish them as a cache entry.
+
+    Args:
+        root: the cache root, or None to write to a private temporary directory that is
+            removed when the process exits (caching disabled).
+        key: the entry's key (ignored without `root`).
+    """
+
+    def __init__(self, root: Path | None, key: str, batch_rows: int = 1000) -> None:
+        if root is None:
+            self.final = None
+            self.tmp = Path(tempfile.mkdtemp(prefix="finetune-data-"))
+            atexit.register(shutil.rmtree, self.tmp, True)
+        else:
+            root.mkdir(parents=True, exist_ok=True)
+            self.final = root / key
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{key[:16]}.tmp-", dir=root))
+        self._sink = pa.OSFile(str(self.tmp / DATA_FILE), "wb")
+        self._writer = pa.ipc.new_stream(self._sink, SCHEMA)
+        self._batch_rows = batch_rows
+        self._rows: dict[str, list[Any]] = {"input_ids": [], "labels": [], "length": []}
+
+    def add(self, input_ids: list[int], labels: list[int]) -> None:
+        """Append one tokenized row."""
+        self._rows["input_ids"].append(input_ids)
+        self._rows["labels"].append(labels)
+        self._rows["length"].append(len(input_ids))
+        if len(self._rows["length"]) >= self._batch_rows:
+            self._flush()
+
+    def finish(self, meta: dict[str, Any]) -> datasets.Dataset:
+        """Close the file, publish the entry and return it as a memory-mapped Dataset."""
+        self._flush()
+        self._writer.close()
+        self._sink.close()
+        (self.tmp / META_FILE).write_text(json.dumps(meta, indent=1))
+        where = self.tmp
+        if self.final is not None:
+            try:
+                os.rename(self.tmp, self.final)
+            except OSError:  # another process published the same entry first
+                shutil.rmtree(self.tmp, ignore_errors=True)
+            where = self.final
+        return datasets.Dataset.from_file(str(where / DATA_FILE))
+
+    def abort(self) -> None:
+        """Drop a partly written entry (an error stopped the source)."""
+        self._writer.close()
+        self._sink.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _flush(self) -> None:
+        if self._rows["length"]:
+            self._writer.write_batch(pa.RecordBatch.from_pydict(self._rows, schema=SCHEMA))
+            self._rows = {"input_ids": [], "labels": [], "length": []}
