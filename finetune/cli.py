@@ -140,6 +140,67 @@ def tokenizer_train(config: str, overrides: tuple[str, ...], out: str | None) ->
     click.echo(f"use it with: --set tokenizer.name_or_path={out} tokenizer.train=null")
 
 
+@cli.command()
+@click.argument("output_dir", type=click.Path(file_okay=False))
+@click.option(
+    "--repo-id", default=None, help="Target NAMESPACE/NAME. Default: the run's hub.repo_id."
+)
+@click.option(
+    "--private", is_flag=True, default=None, help="Create the repository private (if it is new)."
+)
+@click.option("--revision", default=None, metavar="BRANCH", help="Branch to push to (created).")
+@click.option("--commit-message", default=None, help="Message of the Hub commit.")
+@click.option("--license", "license_", default=None, help="Model card license (apache-2.0).")
+@click.option(
+    "--base-model",
+    default=None,
+    metavar="REPO_ID",
+    help="Hub id of the model the run started from, when it started from a local copy.",
+)
+@click.option("--dry-run", is_flag=True, help="Print the files and the model card; upload nothing.")
+@user_errors
+def push(
+    output_dir: str,
+    repo_id: str | None,
+    private: bool | None,
+    revision: str | None,
+    commit_message: str | None,
+    license_: str | None,
+    base_model: str | None,
+    dry_run: bool,
+) -> None:
+    """Publish OUTPUT_DIR (a finished run) to the Hugging Face Hub with a model card.
+
+    The token comes from HF_TOKEN or `hf auth login`. Only the model (safetensors weights,
+    config, remote code, tokenizer, LoRA adapter) and the generated card are uploaded; files
+    the Hub already holds are skipped.
+    """
+    from pathlib import Path
+
+    from finetune.hub import hub_config_for, preview
+    from finetune.hub import push as run
+
+    out = Path(output_dir)
+    hub = hub_config_for(
+        out,
+        repo_id=repo_id,
+        private=private,
+        revision=revision,
+        license=license_,
+        base_model=base_model,
+    )
+    if dry_run:
+        click.echo(preview(out, hub), nl=False)
+        return
+    result = run(out, hub, commit_message=commit_message)
+    for note in result.notes:
+        click.echo(f"note: {note}")
+    if result.changed:
+        click.echo(f"pushed {out} to {result.repo_id}@{result.revision}: {result.commit_url}")
+    else:
+        click.echo(f"{result.repo_id}@{result.revision} already holds these files; nothing sent")
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="finetune")
