@@ -237,3 +237,28 @@ def test_convert_checkpoint_directory_round_trip(tmp_path: Path) -> None:
     (tmp_path / "gpt2" / "config.json").write_text('{"model_type": "gpt2"}')
     with pytest.raises(ConversionError, match=r"'gpt2'.*supported sources: bart, bert"):
         convert_checkpoint(tmp_path / "gpt2", tmp_path / "y")
+
+
+@pytest.mark.parametrize(
+    ("make_reference", "auto_class", "target"),
+    [
+        (tiny.bert_classifier, AutoModelForSequenceClassification, "encoder"),
+        (tiny.bart, AutoModelForSeq2SeqLM, "seq2seq"),
+        (tiny.marian, AutoModelForSeq2SeqLM, "seq2seq"),
+    ],
+    ids=["bert", "bart", "marian"],
+)
+def test_convert_checkpoint_other_sources(
+    make_reference, auto_class: type, target: str, tmp_path: Path
+) -> None:
+    reference = make_reference()
+    reference.save_pretrained(tmp_path / "source")
+    out = convert_checkpoint(tmp_path / "source", tmp_path / "out", to=target)
+    ours = auto_class.from_pretrained(out).eval()
+    assert ours.config.model_type == target
+    inputs = {"input_ids": tiny.token_ids(2, 9)}
+    if ours.config.is_encoder_decoder:
+        inputs["decoder_input_ids"] = tiny.token_ids(2, 4, seed=1)
+        start = reference.config.decoder_start_token_id
+        assert ours.generation_config.decoder_start_token_id == start
+    torch.testing.assert_close(main_output(ours, inputs), main_output(reference, inputs))
