@@ -58,12 +58,13 @@ def train(config: str, overrides: tuple[str, ...], overwrite: bool, resume: bool
     """Train the model that CONFIG describes."""
     from finetune.config import load_config
     from finetune.train import train as run
+    from finetune.train.report import format_report
 
     cfg = load_config(config, overrides)
     summary = run(cfg, overwrite=overwrite, resume=resume)
-    if summary["world_size"] == 1 or int(os.environ.get("RANK", "0")) == 0:
+    if int(os.environ.get("RANK", "0")) == 0:
+        click.echo(format_report(summary))
         click.echo(f"saved to {cfg.output.dir}")
-        click.echo(json.dumps(summary["metrics"], indent=2))
 
 
 @cli.command()
@@ -75,6 +76,90 @@ def validate(config: str, overrides: tuple[str, ...]) -> None:
     from finetune.config import dump_config, load_config
 
     click.echo(dump_config(load_config(config, overrides)), nl=False)
+
+
+@cli.command()
+@click.argument("model_dir", type=click.Path(file_okay=False))
+@click.option("--prompt", required=True, help="Text to continue (or the user turn, with --chat).")
+@click.option("--chat", is_flag=True, help="Wrap the prompt in the tokenizer's chat template.")
+@click.option("--system", default=None, help="System turn for --chat.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option(
+    "--temperature",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="0 decodes greedily; above 0 samples.",
+)
+@click.option("--top-k", type=click.IntRange(min=1), default=None, help="Sample from the k best.")
+@click.option("--top-p", type=click.FloatRange(0, 1), default=None, help="Nucleus sampling mass.")
+@click.option("--num-beams", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--seed", type=int, default=None, help="Seed for sampling.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow the model's own code to run.")
+@user_errors
+def generate(
+    model_dir: str,
+    prompt: str,
+    chat: bool,
+    system: str | None,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    num_beams: int,
+    seed: int | None,
+    trust_remote_code: bool,
+) -> None:
+    """Generate a continuation of --prompt with the model saved in MODEL_DIR."""
+    from transformers import set_seed
+
+    from finetune.evaluate import generate_text, load_trained
+
+    if seed is not None:
+        set_seed(seed)
+    model, tokenizer = load_trained(model_dir, trust_remote_code)
+    text = generate_text(
+        model,
+        tokenizer,
+        prompt,
+        chat=chat,
+        system=system,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        num_beams=num_beams,
+    )
+    click.echo(text)
+
+
+@cli.command("eval")
+@click.argument("target", type=click.Path())
+@overrides_option
+@click.option(
+    "--model",
+    "model_dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Model to evaluate. Default: the run's output.dir.",
+)
+@user_errors
+def eval_command(target: str, overrides: tuple[str, ...], model_dir: str | None) -> None:
+    """Loss and perplexity of a trained model on a run's evaluation data.
+
+    TARGET is a run config, or a run's output directory (its run_config.yaml is used).
+    """
+    from pathlib import Path
+
+    from finetune.config import load_config
+    from finetune.evaluate import evaluate_model
+    from finetune.train.output import RUN_CONFIG
+
+    path = Path(target)
+    config = path / RUN_CONFIG if path.is_dir() else path
+    cfg = load_config(config, overrides)
+    metrics = evaluate_model(cfg, model_dir or cfg.output.dir)
+    click.echo(json.dumps(metrics, indent=2))
 
 
 @cli.group("config")

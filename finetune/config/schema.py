@@ -195,6 +195,14 @@ class TrainConfig(Section):
     eval_untrained: bool = False
     """Also evaluate the model before the first step, to report the gain from training."""
 
+    exact_match_rows: int = Field(0, ge=0)
+    """After training (and before it, with `eval_untrained`), greedy-decode the answers of
+    the first N rows of the first `data.eval` source (completion, alpaca or chat format)
+    and report the fraction that match the reference exactly."""
+
+    exact_match_max_new_tokens: int = Field(32, ge=1)
+    """Longest answer generated for `exact_match_rows`."""
+
 
 # --------------------------------------------------------------------------------------
 # distributed
@@ -264,6 +272,14 @@ class RunConfig(Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     hub: HubConfig = Field(default_factory=HubConfig)
     output: OutputConfig
+
+    @model_validator(mode="after")
+    def _exact_match_source(self) -> RunConfig:
+        if self.train.exact_match_rows and not self.data.eval:
+            raise ValueError(
+                "train.exact_match_rows needs held-out rows with answers: set data.eval"
+            )
+        return self
 
     @model_validator(mode="after")
     def _tokenizer_source(self) -> RunConfig:

@@ -26,6 +26,7 @@ from finetune.data.collator import build_collator
 from finetune.data.pipeline import build_datasets, iter_training_texts
 from finetune.data.tokenizer import load_tokenizer, train_tokenizer
 from finetune.distributed.deepspeed import deepspeed_config
+from finetune.evaluate import exact_match, prompt_answer_pairs
 from finetune.hub import check_hub, hub_callbacks, push_trained
 from finetune.methods import apply_method, load_base_model, trainable_parameters
 from finetune.preflight import preflight
@@ -54,6 +55,7 @@ class PreparedRun:
     out: Path
     resume_from: Path | None = None
     parameters: tuple[int, int] = (0, 0)
+    exact_match_pairs: list[tuple[str, str]] = field(default_factory=list)
     untrained_metrics: dict[str, float] = field(default_factory=dict)
 
 
@@ -89,6 +91,9 @@ def prepare_run(
     tokenizer = AutoTokenizer.from_pretrained(out) if resume else _build_tokenizer(cfg)
     with args.main_process_first(desc="tokenizing"):
         train_set, eval_set = build_datasets(cfg.data, tokenizer, cfg.train.seed)
+    pairs = []
+    if cfg.train.exact_match_rows:
+        pairs = prompt_answer_pairs(cfg.data.eval[0], tokenizer, cfg.train.exact_match_rows)
 
     if args.process_index == 0:
         if overwrite:
@@ -122,7 +127,7 @@ def prepare_run(
     )
     if trainer.pop_callback(ProgressCallback) is not None:
         trainer.add_callback(ProgressBar())
-    return PreparedRun(cfg, args, trainer, tokenizer, out, resume_from, (trainable, total))
+    return PreparedRun(cfg, args, trainer, tokenizer, out, resume_from, (trainable, total), pairs)
 
 
 def execute(run: PreparedRun) -> dict[str, Any]:
@@ -131,10 +136,12 @@ def execute(run: PreparedRun) -> dict[str, Any]:
     has_eval = trainer.eval_dataset is not None
     if has_eval and run.cfg.train.eval_untrained and run.resume_from is None:
         run.untrained_metrics = trainer.evaluate(metric_key_prefix="untrained")
+        run.untrained_metrics.update(_exact_match(run, "untrained_exact_match"))
     resume_from = str(run.resume_from) if run.resume_from else None
     metrics = dict(trainer.train(resume_from_checkpoint=resume_from).metrics)
     if has_eval:
         metrics.update(trainer.evaluate())
+        metrics.update(_exact_match(run, "exact_match"))
 
     trainer.model.config.use_cache = True  # saved for generation, where the cache helps
     trainer.save_model(str(out))
@@ -153,6 +160,18 @@ def execute(run: PreparedRun) -> dict[str, Any]:
         if run.cfg.hub.push_to_hub:  # publish the saved output directory (rank 0 only)
             push_trained(out, run.cfg.hub)
     return summary
+
+
+def _exact_match(run: PreparedRun, key: str) -> dict[str, float]:
+    if not run.exact_match_pairs:
+        return {}
+    score = exact_match(
+        run.trainer.model,
+        run.tokenizer,
+        run.exact_match_pairs,
+        max_new_tokens=run.cfg.train.exact_match_max_new_tokens,
+    )
+    return {key: score}
 
 
 def _build_tokenizer(cfg: RunConfig) -> PreTrainedTokenizerBase:

@@ -1,0 +1,31 @@
+"""The end-of-run report a person reads."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+ROWS = (
+    ("loss", "eval_loss", "untrained_loss", "{:.4f}"),
+    ("perplexity", "eval_perplexity", "untrained_perplexity", "{:.2f}"),
+    ("exact match", "exact_match", "untrained_exact_match", "{:.1%}"),
+)
+
+
+def format_report(summary: dict[str, Any]) -> str:
+    """Held-out metrics after training, beside the untrained model's when measured."""
+    trained = dict(summary["metrics"])
+    untrained = dict(summary.get("untrained_metrics") or {})
+    for metrics, loss in ((trained, "eval_loss"), (untrained, "untrained_loss")):
+        if loss in metrics:
+            metrics[loss.replace("loss", "perplexity")] = math.exp(min(metrics[loss], 50.0))
+    lines = [f"trained {summary['global_step']} steps, {summary['tokens_seen']:,} tokens"]
+    rows = [(name, trained.get(t), untrained.get(u), fmt) for name, t, u, fmt in ROWS]
+    rows = [row for row in rows if row[1] is not None]
+    if not rows:
+        return lines[0]
+    lines.append(f"{'held-out evaluation':<22}{'untrained':>12}{'trained':>12}")
+    for name, after, before, fmt in rows:
+        shown_before = fmt.format(before) if before is not None else "-"
+        lines.append(f"  {name:<20}{shown_before:>12}{fmt.format(after):>12}")
+    return "\n".join(lines)

@@ -1,0 +1,79 @@
+"""The README's first command: the shipped quickstart meets its stated bar."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, run_cli
+
+pytestmark = pytest.mark.slow
+
+QUICKSTART = REPO / "configs" / "examples" / "quickstart.yaml"
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, float]:
+    out = tmp_path_factory.mktemp("quickstart") / "out"
+    start = time.monotonic()
+    result = run_cli("train", str(QUICKSTART), "--set", f"output.dir={out}", timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result.stdout, time.monotonic() - start
+
+
+def test_quickstart_meets_its_bar(quickstart: tuple[Path, str, float]) -> None:
+    out, stdout, seconds = quickstart
+    info = json.loads((out / "run_info.json").read_text())
+    trained, untrained = info["metrics"], info["untrained_metrics"]
+    print(f"quickstart: {seconds:.0f} s, {trained} vs untrained {untrained}")
+    assert trained["eval_loss"] <= 0.5 * untrained["untrained_loss"]
+    assert untrained["untrained_exact_match"] <= 0.05
+    assert trained["exact_match"] >= 0.5
+    # The report a user reads at the end of the run.
+    assert "held-out evaluation" in stdout and "exact match" in stdout
+
+
+def test_eval_command_reproduces_the_final_evaluation(quickstart: tuple[Path, str, float]) -> None:
+    out, _, _ = quickstart
+    result = run_cli("eval", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads(result.stdout)
+    info = json.loads((out / "run_info.json").read_text())
+    assert metrics["eval_loss"] == pytest.approx(info["metrics"]["eval_loss"], abs=1e-5)
+    assert metrics["exact_match"] == pytest.approx(info["metrics"]["exact_match"])
+
+
+def test_generate_answers_a_held_out_question(quickstart: tuple[Path, str, float]) -> None:
+    out, _, _ = quickstart
+    rows = [json.loads(line) for line in (REPO / "finetune/resources/arithmetic/eval.jsonl").open()]
+    answered = 0
+    for row in rows[:5]:
+        result = run_cli("generate", str(out), "--prompt", row["prompt"], "--max-new-tokens", "6")
+        assert result.returncode == 0, result.stderr[-2000:]
+        answered += result.stdout.strip() == row["completion"].strip()
+    assert answered >= 2  # exact match is >= 50% over 200 rows; 5 greedy answers agree
+
+
+def test_sampling_options_run(quickstart: tuple[Path, str, float]) -> None:
+    out, _, _ = quickstart
+    result = run_cli(
+        "generate",
+        str(out),
+        "--prompt",
+        "Question:",
+        "--temperature",
+        "0.8",
+        "--top-k",
+        "20",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "1",
+        "--max-new-tokens",
+        "8",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip()
