@@ -531,7 +531,11 @@ def _progress_rows(record: RunRecord) -> list[tuple[str, str]]:
             world = int(info.get("world_size", 1))
             per_step = record.train.micro_batch_size * record.train.gradient_accumulation_steps
             rows.append(("samples seen", f"{steps * per_step * world:,}"))
-    tokens = info.get("num_input_tokens_seen") or _last(record.metrics, "num_input_tokens_seen")
+    tokens = (
+        info.get("tokens_seen")
+        or info.get("num_input_tokens_seen")
+        or _last(record.metrics, "num_input_tokens_seen")
+    )
     if tokens:
         rows.append(("tokens seen", f"{int(tokens):,}"))
     if "trainable_parameters" in info and "total_parameters" in info:
@@ -547,16 +551,19 @@ def _last(records: list[dict[str, Any]], key: str) -> Any:
 
 
 def _card_results(record: RunRecord) -> str:
-    metrics = dict(record.info.get("metrics") or {})
+    """Final metrics (evaluation, training loss, exact match), and the same before training
+    when the run evaluated the untrained model (`train.eval_untrained`)."""
+    metrics = {**(record.info.get("untrained_metrics") or {}), **(record.info.get("metrics") or {})}
     if record.step is not None:  # a checkpoint: the latest logged values so far
         metrics = {k: _last(record.metrics, k) for k in ("loss", "eval_loss")}
-        metrics = {k: v for k, v in metrics.items() if v is not None}
-    if "eval_loss" in metrics and "eval_perplexity" not in metrics:
+    if isinstance(metrics.get("eval_loss"), (int, float)) and "eval_perplexity" not in metrics:
         metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50.0))
     shown = [
         (k, v)
         for k, v in metrics.items()
-        if isinstance(v, (int, float)) and (k.startswith("eval_") or k in ("train_loss", "loss"))
+        if isinstance(v, (int, float))
+        and k.startswith(("eval_", "untrained_", "exact_match", "train_loss", "loss"))
+        and not k.endswith(("_runtime", "_per_second"))
     ]
     if not shown:
         return ""

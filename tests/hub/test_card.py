@@ -52,6 +52,8 @@ def output_dir(tmp_path: Path, config: dict | None = None, adapter: dict | None 
     info = {"world_size": 2, "engine": "DeepSpeedEngine", "global_step": 20}
     info |= {"trainable_parameters": 10, "total_parameters": 100}
     info["metrics"] = {"train_loss": 3.5, "eval_loss": 3.25, "train_runtime": 12.0}
+    info |= {"untrained_metrics": {"untrained_loss": 5.5, "untrained_runtime": 1.0}}
+    info |= {"tokens_seen": 12345}
     (out / "run_info.json").write_text(json.dumps(info))
     logs = [{"step": s, "loss": 5.0 - s / 10} for s in range(2, 22, 2)]
     logs += [{"step": 10, "eval_loss": 4.0}, {"step": 20, "eval_loss": 3.25}]
@@ -177,6 +179,9 @@ def test_model_card_metadata_and_text(tmp_path: Path) -> None:
     }
     assert "| eval_loss | 3.2500 |" in card.text
     assert "| eval_perplexity | 25.7903 |" in card.text
+    assert "| untrained_loss | 5.5000 |" in card.text  # the gain from training
+    assert "runtime" not in card.text
+    assert "| tokens seen | 12,345 |" in card.text
     assert "| batch size | 16 (4 per device x 2 accumulation x 2 processes) |" in card.text
     assert "| hardware | 2 processes, engine DeepSpeedEngine |" in card.text
     assert "| samples seen | 320 |" in card.text

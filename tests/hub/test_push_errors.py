@@ -9,7 +9,9 @@ from types import SimpleNamespace
 import pytest
 
 from finetune.config.hub import HubConfig
-from finetune.hub import HubError, hub_callbacks, push_trained
+from finetune.config.schema import OutputConfig
+from finetune.errors import ConfigError
+from finetune.hub import HubError, check_hub, hub_callbacks, push_trained
 from tests.conftest import run_cli, tiny_config, write_config
 
 from .conftest import (
@@ -126,14 +128,10 @@ def test_training_with_push_checks_the_token_before_it_starts(
     assert not Path(cfg["output"]["dir"]).exists()  # nothing was trained or written
 
 
-def test_every_save_needs_checkpoints(fake_hub: FakeHub, tmp_path: Path) -> None:
-    hub = {"push_to_hub": True, "repo_id": "alice/never", "strategy": "every_save"}
-    cfg = tiny_config(tmp_path, hub=hub)
-    env = hub_env(fake_hub, tmp_path / "hf_home")
-    result = run_cli("train", str(write_config(tmp_path / "run.yaml", cfg)), **env)
-    assert result.returncode == 2
-    assert "hub.strategy: every_save pushes each checkpoint" in result.stderr
-    assert "output.save_steps" in result.stderr
+def test_every_save_needs_checkpoints(tmp_path: Path) -> None:
+    hub = HubConfig(push_to_hub=True, repo_id="alice/never", strategy="every_save")
+    with pytest.raises(ConfigError, match=r"every_save pushes each checkpoint.*output\.save_steps"):
+        check_hub(hub, OutputConfig(dir=str(tmp_path / "out")))
 
 
 def test_a_failed_end_of_training_push_says_the_model_is_saved(tmp_path: Path) -> None:
