@@ -830,9 +830,7 @@ def preview(model_dir: Path, hub: HubConfig) -> str:
 
 
 def _upload(staging: Path, hub: HubConfig, revision: str, message: str) -> tuple[Any, bool]:
-    from huggingface_hub import HfApi
-
-    api = HfApi()
+    api = _api()
     _check_token(api)
     api.create_repo(hub.repo_id, private=hub.private, exist_ok=True)
     if revision != "main":
@@ -846,6 +844,15 @@ def _upload(staging: Path, hub: HubConfig, revision: str, message: str) -> tuple
         delete_patterns=list(STALE),
     )
     return commit, commit.oid != head
+
+
+@cache
+def _api() -> Any:
+    """One client per process, so that whoami answers are cached (the Hub rate-limits
+    whoami strictly, and every_save would otherwise ask at each checkpoint)."""
+    from huggingface_hub import HfApi
+
+    return HfApi()
 
 
 def _require_token() -> None:
@@ -865,7 +872,7 @@ def _token_source() -> str:
 
 def _check_token(api: Any) -> None:
     """Fail early, with a clear message, on a token the Hub rejects or that cannot write."""
-    me = api.whoami()
+    me = api.whoami(cache=True)
     role = ((me.get("auth") or {}).get("accessToken") or {}).get("role")
     if role == "read":
         raise HubAuthError(
@@ -979,10 +986,8 @@ def check_hub(hub: HubConfig, output: OutputConfig) -> None:
         )
     _require_token()
     if int(os.environ.get("RANK", "0")) == 0:
-        from huggingface_hub import HfApi
-
         with _hub_errors(hub.repo_id, Path(output.dir)):
-            _check_token(HfApi())
+            _check_token(_api())
 
 
 def push_trained(out: Path, hub: HubConfig) -> PushResult:
