@@ -8,8 +8,12 @@ import random
 import time
 from pathlib import Path
 
+import pytest
 from transformers import AutoTokenizer
 
+from finetune.config.data import DataConfig, TokenizerConfig
+from finetune.data.tokenizer import train_tokenizer_with_report
+from finetune.errors import ConfigError
 from tests.conftest import run_cli, tiny_config, write_config
 from tests.data.helpers import write_jsonl
 
@@ -120,17 +124,8 @@ def test_tokenizer_train_command(tmp_path: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "tok")
     assert len(tokenizer) == 300 and tokenizer.chat_template is not None
     assert tokenizer.decode(tokenizer("the cat sat")["input_ids"]) == "the cat sat"
-    missing = run_cli(
-        "tokenizer",
-        "train",
-        str(config),
-        "--set",
-        "tokenizer.train=null",
-        "--set",
-        f"tokenizer.name_or_path={tmp_path / 'tok'}",
-        cwd=tmp_path,
-    )
-    assert missing.returncode == 2 and "tokenizer.train: not set" in missing.stderr
+    with pytest.raises(ConfigError, match=r"tokenizer\.train: not set"):
+        train_tokenizer_with_report(TokenizerConfig(), DataConfig(train=[{"path": "x.txt"}]))
 
 
 def test_packed_chat_training_run(tmp_path: Path) -> None:
