@@ -59,6 +59,8 @@ LOSS_CURVE = "loss_curve.png"
 RUN_CONFIG = "run_config.yaml"  # the names finetune.train.output writes; not imported from
 RUN_INFO = "run_info.json"  # there, so that a push does not load torch and transformers
 METRICS = "metrics.jsonl"
+MERGED = "merged"  # output.dir/merged: the adapter merged into its base (train.merge_adapter)
+BASE_MODEL = "base_model"  # output.dir/base_model: the random base of a from-scratch adapter
 
 # What a model repo needs, at the top level of the folder; nothing else is uploaded.
 WEIGHTS = ("*.safetensors", "*.safetensors.index.json")
@@ -160,6 +162,9 @@ class RunRecord:
     distributed: DistributedConfig | None = None
     step: int | None = None
     """Set for a checkpoint pushed while training goes on."""
+    kind: str = "run"
+    """`run`, `merged` (a run's merged adapter) or `base` (the random base of an adapter
+    trained on a new model): what the card says about the weights."""
 
     @property
     def auto_map(self) -> dict[str, str]:
@@ -172,12 +177,16 @@ def read_run(model_dir: Path, run_dir: Path | None = None) -> RunRecord:
     Raises:
         HubError: the folder holds no Hugging Face model or adapter.
     """
-    run_dir = run_dir or model_dir
+    kind = model_dir.name if model_dir.name in (MERGED, BASE_MODEL) else "run"
+    if run_dir is None:
+        in_run = kind != "run" and (model_dir.parent / RUN_CONFIG).is_file()
+        run_dir = model_dir.parent if in_run else model_dir
     if not model_dir.is_dir():
         raise HubError(f"{model_dir} is not a directory; pass a finished run's output.dir")
     config = _read_json(model_dir / "config.json")
     adapter = _read_json(model_dir / "adapter_config.json")
-    if not any(model_dir.glob(p) for p in WEIGHTS) or (config is None and adapter is None):
+    has_weights = any(next(model_dir.glob(p), None) for p in WEIGHTS)
+    if not has_weights or (config is None and adapter is None):
         raise HubError(
             f"{model_dir} holds no model to push (it needs config.json or adapter_config.json "
             "and .safetensors weights); pass the output.dir of a finished run"
@@ -188,6 +197,7 @@ def read_run(model_dir: Path, run_dir: Path | None = None) -> RunRecord:
         adapter=adapter,
         info=_read_json(run_dir / RUN_INFO) or {},
         metrics=_read_metrics(run_dir / METRICS),
+        kind="base" if kind == BASE_MODEL and run_dir != model_dir else kind,
     )
     _read_run_config(run_dir / RUN_CONFIG, record)
     return record
@@ -331,7 +341,7 @@ def card_metadata(record: RunRecord, hub: HubConfig) -> dict[str, Any]:
     base = base_model(record, hub)
     pipeline_tag, _ = task(record)
     tags = ["finetune"]
-    if record.method is not None:
+    if record.method is not None and record.kind != "base":
         tags.append(record.method.type)
     model_type = (record.config or {}).get("model_type") or (
         record.model.architecture if record.model else None
@@ -377,14 +387,10 @@ def model_card(record: RunRecord, hub: HubConfig, repo_id: str, has_curve: bool)
 
     metadata = card_metadata(record, hub)
     front = yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True)
-    sections = [
-        _card_intro(record, hub, repo_id),
-        _card_usage(record, hub, repo_id),
-        _card_training(record),
-        _card_results(record),
-        _card_curve(record, has_curve),
-        _card_versions(record),
-    ]
+    sections = [_card_intro(record, hub, repo_id), _card_usage(record, hub, repo_id)]
+    if record.kind != "base":  # the run trained an adapter on these weights, not them
+        sections += [_card_training(record), _card_results(record), _card_curve(record, has_curve)]
+    sections.append(_card_versions(record))
     text = f"---\n{front}---\n\n" + "\n\n".join(s for s in sections if s) + "\n"
     parsed = ModelCard(text).data.to_dict()
     if parsed != metadata:
@@ -404,7 +410,16 @@ def _card_intro(record: RunRecord, hub: HubConfig, repo_id: str) -> str:
     status = ""
     if record.step is not None:
         status = f"\n\n**Training in progress**: this is the checkpoint at step {record.step}."
-    return f"# {repo_id.split('/')[-1]}\n\n{what} {origin} with finetune.{status}"
+    if record.kind == "merged":
+        status = "\n\nThe LoRA adapter trained by the run is merged into these weights."
+    title = f"# {repo_id.split('/')[-1]}\n\n"
+    if record.kind == "base":
+        architecture = record.model.architecture if record.model else "new"
+        return (
+            f"{title}The randomly initialised `{architecture}` model that a LoRA adapter was "
+            "trained on with finetune. It was not trained itself; load the adapter on top of it."
+        )
+    return f"{title}{what} {origin} with finetune.{status}"
 
 
 def _card_usage(record: RunRecord, hub: HubConfig, repo_id: str) -> str:
@@ -472,7 +487,8 @@ def _method_rows(record: RunRecord) -> list[tuple[str, str]]:
     elif method is not None:
         modules = method.target_modules
         targets = modules if isinstance(modules, str) else ", ".join(modules)
-        rows.append(("method", f"{method.type} (peft)"))
+        merged = ", merged into the base weights" if record.kind == "merged" else ""
+        rows.append(("method", f"{method.type} (peft){merged}"))
         rows += [
             ("LoRA rank / alpha / dropout", f"{method.rank} / {method.alpha:g} / {method.dropout}"),
             ("target modules", f"`{targets}`"),
@@ -723,10 +739,14 @@ def _stage_adapter_config(record: RunRecord, hub: HubConfig, staging: Path) -> l
     declared = record.adapter.get("base_model_name_or_path")
     if base is None:
         where = f"the local path {declared!r}" if declared else "no base model at all"
+        first = "the base model"
+        if declared and Path(declared).name == BASE_MODEL and Path(declared).is_dir():
+            first = f"it with `finetune push {declared} --repo-id NAMESPACE/NAME`"
         raise HubError(
             f"the adapter in {record.model_dir} names {where} as its base model, so "
-            "AutoPeftModel could not load it from the Hub. Push the base model first and pass "
-            "--base-model NAMESPACE/NAME (hub.base_model), or train with method.type=full"
+            f"AutoPeftModel could not load it from the Hub. Push {first} first and pass "
+            "--base-model NAMESPACE/NAME (hub.base_model), or train with method.type=full "
+            "or train.merge_adapter"
         )
     if declared == base:
         return []
@@ -993,9 +1013,15 @@ def check_hub(hub: HubConfig, output: OutputConfig) -> None:
 def push_trained(out: Path, hub: HubConfig) -> PushResult:
     """The end-of-training push (rank 0), after the model and run_info.json are saved.
 
+    A run that merged its adapter (output.dir/merged) pushes the merged model, which loads
+    anywhere without peft or the base; `finetune push OUTPUT_DIR` still pushes the adapter.
+
     Raises:
         HubError: the push failed; the message says the model is saved and how to retry.
     """
+    merged = out / MERGED
+    if (merged / "config.json").is_file():  # the run asked for a standalone model
+        out = merged
     try:
         result = push(out, hub, commit_message="End of training")
     except HubError as err:

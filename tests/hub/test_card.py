@@ -215,3 +215,30 @@ def test_loss_curve_png(tmp_path: Path) -> None:
 def test_a_folder_without_a_model(tmp_path: Path) -> None:
     with pytest.raises(HubError, match="holds no model to push"):
         read_run(tmp_path)
+    (tmp_path / "config.json").write_text("{}")  # a config without weights is no model either
+    with pytest.raises(HubError, match="holds no model to push"):
+        read_run(tmp_path)
+
+
+def test_merged_and_base_models_inside_a_run(tmp_path: Path) -> None:
+    adapter = {"task_type": "CAUSAL_LM", "peft_type": "LORA"}
+    out = output_dir(tmp_path, method={"type": "lora"}, adapter=adapter)
+    for sub in ("merged", "base_model"):
+        (out / sub).mkdir()
+        (out / sub / "model.safetensors").write_bytes(b"\0" * 8)
+        (out / sub / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+
+    merged = ModelCard(model_card(read_run(out / "merged"), HUB, "alice/m", has_curve=True))
+    assert merged.data.library_name == "transformers"  # a full model, not an adapter
+    assert "merged into these weights" in merged.text
+    assert "| method | lora (peft), merged into the base weights |" in merged.text
+    assert "| eval_loss | 3.2500 |" in merged.text  # the run's records, from output.dir
+
+    base = ModelCard(model_card(read_run(out / "base_model"), HUB, "alice/b", has_curve=False))
+    assert "randomly initialised `llama` model" in base.text
+    assert "Training procedure" not in base.text and "lora" not in base.data.tags
+
+    adapter["base_model_name_or_path"] = str(out / "base_model")
+    (out / "adapter_config.json").write_text(json.dumps(adapter))
+    with pytest.raises(HubError, match=f"finetune push {out / 'base_model'} --repo-id"):
+        staged(out, tmp_path)

@@ -138,6 +138,11 @@ def test_a_failed_end_of_training_push_says_the_model_is_saved(tmp_path: Path) -
     hub = HubConfig(push_to_hub=True, repo_id="alice/m")
     with pytest.raises(HubError, match="training finished and the model is saved in"):
         push_trained(tmp_path, hub)
+    # a run that merged its adapter publishes the merged model
+    (tmp_path / "merged").mkdir()
+    (tmp_path / "merged" / "config.json").write_text("{}")
+    with pytest.raises(HubError, match=f"{tmp_path / 'merged'} holds no model to push"):
+        push_trained(tmp_path, hub)
 
 
 def test_a_failed_checkpoint_push_does_not_stop_training(
