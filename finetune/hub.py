@@ -628,7 +628,7 @@ def _card_versions(record: RunRecord) -> str:
 def loss_curve_png(metrics: list[dict[str, Any]]) -> bytes | None:
     """The training (and evaluation) loss against the step as a PNG, drawn with PIL.
 
-    Returns None when fewer than two losses were logged.
+    Returns None when fewer than two losses were logged, or Pillow is not installed.
     """
     train = [(r["step"], r["loss"]) for r in metrics if "loss" in r and "step" in r]
     evals = [(r["step"], r["eval_loss"]) for r in metrics if "eval_loss" in r and "step" in r]
@@ -636,7 +636,11 @@ def loss_curve_png(metrics: list[dict[str, Any]]) -> bytes | None:
         return None
     from io import BytesIO
 
-    from PIL import Image, ImageDraw
+    try:
+        from PIL import Image, ImageDraw
+    except ImportError:  # Pillow is optional: the card keeps the loss table
+        logger.warning("Pillow is not installed: the model card gets no loss_curve.png")
+        return None
 
     width, height, left, right, top, bottom = 800, 460, 70, 20, 56, 50
     image = Image.new("RGB", (width, height), "white")

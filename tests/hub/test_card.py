@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -242,3 +243,11 @@ def test_merged_and_base_models_inside_a_run(tmp_path: Path) -> None:
     (out / "adapter_config.json").write_text(json.dumps(adapter))
     with pytest.raises(HubError, match=f"finetune push {out / 'base_model'} --repo-id"):
         staged(out, tmp_path)
+
+
+def test_no_pillow_no_png(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "PIL", None)  # `import PIL` now raises ImportError
+    out = output_dir(tmp_path)
+    files = sorted(p.name for p in staged(out, tmp_path).iterdir())
+    assert "loss_curve.png" not in files and "README.md" in files
+    assert "loss_curve.png" not in (tmp_path / "staging" / "README.md").read_text()
