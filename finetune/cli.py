@@ -133,6 +133,28 @@ def generate(
     click.echo(text)
 
 
+@cli.command()
+@click.argument("adapter_dir", type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Where to write.")
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "bfloat16", "float16"]),
+    default="float32",
+    show_default=True,
+    help="Dtype of the merged weights (a 4-bit base is dequantized to it).",
+)
+@user_errors
+def merge(adapter_dir: str, out: str, dtype: str) -> None:
+    """Merge the LoRA/QLoRA adapter in ADAPTER_DIR into its base and save a full model."""
+    from pathlib import Path
+
+    from finetune.methods.merge import merge_adapter
+
+    if Path(out).exists() and any(Path(out).iterdir()):
+        raise click.UsageError(f"--out {out} exists and is not empty; choose another directory")
+    click.echo(f"merged model saved to {merge_adapter(adapter_dir, out, dtype)}")
+
+
 @cli.command("eval")
 @click.argument("target", type=click.Path())
 @overrides_option

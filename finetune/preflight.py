@@ -81,8 +81,12 @@ def preflight(cfg: RunConfig) -> None:
         PreflightError: with the field to change, or the package to install.
     """
     check_precision(cfg.train.precision, cfg.train.allow_slow_precision)
-    if cfg.method.type == "lora":
-        require_module("peft", "method.type=lora", "peft")
+    if cfg.method.type in ("lora", "qlora"):
+        require_module("peft", f"method.type={cfg.method.type}", "peft")
+    if cfg.method.type == "qlora":
+        require_module("bitsandbytes", "method.type=qlora", "quantization")
+    if cfg.train.optimizer != "adamw":
+        require_module("bitsandbytes", f"train.optimizer={cfg.train.optimizer}", "quantization")
     if cfg.distributed.deepspeed is not None or cfg.distributed.zero_stage is not None:
         require_module("deepspeed", "DeepSpeed (distributed section)", "deepspeed")
     if cfg.distributed.deepspeed is not None and not Path(cfg.distributed.deepspeed).is_file():

@@ -40,9 +40,7 @@ def _assert_user_error(result, *fragments: str) -> None:
 def test_unknown_key_names_path_and_suggestion(tmp_path: Path) -> None:
     cfg = tiny_config(tmp_path, method={"type": "lora", "rnak": 8})
     result = _validate(tmp_path, cfg)
-    _assert_user_error(
-        result, "method.rnak: unknown field (method type 'lora'); did you mean 'rank'?"
-    )
+    _assert_user_error(result, "method.rnak: unknown field (type 'lora'); did you mean 'rank'?")
 
 
 def test_unknown_architecture_field(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from finetune.config.schema import (
     LoraMethod,
     ModelConfig,
     OutputConfig,
+    QLoraMethod,
     RunConfig,
     TrainConfig,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "LoraMethod",
     "ModelConfig",
     "OutputConfig",
+    "QLoraMethod",
     "RunConfig",
     "TokenizerConfig",
     "TokenizerTrainConfig",

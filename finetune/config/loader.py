@@ -87,7 +87,7 @@ def format_error(error: dict[str, Any]) -> str:
     path, model, tag = _resolve_location(error["loc"])
     kind = error["type"]
     where = path or "(top level)"
-    context = f" (method type {tag!r})" if tag else ""
+    context = f" (type {tag!r})" if tag else ""
     if kind == "extra_forbidden":
         field = str(error["loc"][-1])
         accepted = sorted(model.model_fields) if model else []

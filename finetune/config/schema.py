@@ -138,7 +138,25 @@ class LoraMethod(Section):
     """Which biases train."""
 
 
-MethodConfig = Annotated[FullMethod | LoraMethod, Field(discriminator="type")]
+class QLoraMethod(LoraMethod):
+    """QLoRA: LoRA adapters on a base model quantized by bitsandbytes (4-bit, or 8-bit)."""
+
+    type: Literal["qlora"] = "qlora"  # type: ignore[assignment]
+
+    bits: Literal[4, 8] = 4
+    """Storage precision of the frozen base weights."""
+
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    """4-bit data type: NormalFloat4 (QLoRA's) or plain FP4."""
+
+    double_quant: bool = True
+    """Quantize the quantization constants too (saves about 0.4 bits per parameter)."""
+
+    compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Dtype the 4-bit weights are dequantized to for each matmul."""
+
+
+MethodConfig = Annotated[FullMethod | LoraMethod | QLoraMethod, Field(discriminator="type")]
 
 
 # --------------------------------------------------------------------------------------
@@ -163,6 +181,15 @@ class TrainConfig(Section):
 
     lr: float = Field(5e-5, gt=0)
     """Peak learning rate."""
+
+    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw", "paged_adamw_8bit", "lamb"] = "adamw"
+    """`adamw` (torch), `adamw_8bit`, `paged_adamw` and `paged_adamw_8bit` (bitsandbytes),
+    `lamb` (bitsandbytes' LAMB). Under ZeRO offload use `adamw`: DeepSpeed swaps it for its
+    CPU Adam; the bitsandbytes optimizers are not offloaded."""
+
+    adam_beta1: float = Field(0.9, gt=0, lt=1)
+    adam_beta2: float = Field(0.999, gt=0, lt=1)
+    adam_epsilon: float = Field(1e-8, gt=0)
 
     weight_decay: float = Field(0.0, ge=0)
     """AdamW weight decay (not applied to biases and norms)."""
@@ -191,6 +218,10 @@ class TrainConfig(Section):
 
     eval_steps: int | None = Field(None, ge=1)
     """Evaluate every N steps (and at the end) when evaluation data exists."""
+
+    merge_adapter: bool = False
+    """After a LoRA/QLoRA run, also write the adapter merged into its base model (a 4-bit
+    base is dequantized first) to `<output.dir>/merged`."""
 
     eval_untrained: bool = False
     """Also evaluate the model before the first step, to report the gain from training."""
@@ -272,6 +303,17 @@ class RunConfig(Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     hub: HubConfig = Field(default_factory=HubConfig)
     output: OutputConfig
+
+    @model_validator(mode="after")
+    def _quantized_base(self) -> RunConfig:
+        if self.method.type == "qlora" and self.model.name_or_path is None:
+            raise ValueError(
+                "method.type: qlora quantizes pretrained weights; set model.name_or_path to "
+                "a checkpoint (or use method.type=lora for a model built from scratch)"
+            )
+        if self.train.merge_adapter and self.method.type == "full":
+            raise ValueError("train.merge_adapter: only LoRA and QLoRA runs have an adapter")
+        return self
 
     @model_validator(mode="after")
     def _exact_match_source(self) -> RunConfig:

@@ -6,17 +6,40 @@ import torch
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
+    BitsAndBytesConfig,
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 
-from finetune.config.schema import ModelConfig, hf_config_class, unknown_config_keys
+from finetune.config.schema import (
+    ModelConfig,
+    QLoraMethod,
+    hf_config_class,
+    unknown_config_keys,
+)
 from finetune.errors import ConfigError
 
 
-def load_base_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
-    """The model to train, in fp32, with embeddings that cover the tokenizer.
+def quantization_config(method: QLoraMethod) -> BitsAndBytesConfig:
+    """The bitsandbytes settings that QLoRA loads (and merge re-creates) the base with."""
+    if method.bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=method.quant_type,
+        bnb_4bit_use_double_quant=method.double_quant,
+        bnb_4bit_compute_dtype=getattr(torch, method.compute_dtype),
+    )
+
+
+def load_base_model(
+    cfg: ModelConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    quantize: QLoraMethod | None = None,
+) -> PreTrainedModel:
+    """The model to train, in fp32 (its linear layers quantized when `quantize` is given),
+    with embeddings that cover the tokenizer.
 
     Raises:
         ConfigError: the checkpoint cannot be loaded, or `model.config` names fields its
@@ -30,6 +53,8 @@ def load_base_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> Pre
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, **kwargs)
     else:
         config = _checkpoint_config(cfg)
+        if quantize is not None:
+            kwargs["quantization_config"] = quantization_config(quantize)
         model = AutoModelForCausalLM.from_pretrained(
             cfg.name_or_path,
             config=config,

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from transformers import PreTrainedModel
 
-from finetune.config.schema import FullMethod, LoraMethod
+from finetune.config.schema import FullMethod, LoraMethod, QLoraMethod
 
 
-def _full(model: PreTrainedModel, cfg: FullMethod) -> PreTrainedModel:
+def _full(model: PreTrainedModel, cfg: FullMethod, gradient_checkpointing: bool) -> PreTrainedModel:
     model.requires_grad_(True)
     return model
 
 
-def _lora(model: PreTrainedModel, cfg: LoraMethod) -> PreTrainedModel:
+def _lora(model: PreTrainedModel, cfg: LoraMethod, gradient_checkpointing: bool) -> PreTrainedModel:
     from peft import LoraConfig, TaskType, get_peft_model
 
+    if gradient_checkpointing:
+        # The frozen embeddings produce no grad, which checkpointed blocks need at the input.
+        model.enable_input_require_grads()
     peft_config = LoraConfig(
         task_type=TaskType.CAUSAL_LM,
         r=cfg.rank,
@@ -31,16 +35,45 @@ def _lora(model: PreTrainedModel, cfg: LoraMethod) -> PreTrainedModel:
     return get_peft_model(model, peft_config)
 
 
-METHODS: dict[str, Callable] = {"full": _full, "lora": _lora}
+def _qlora(
+    model: PreTrainedModel, cfg: QLoraMethod, gradient_checkpointing: bool
+) -> PreTrainedModel:
+    from peft import prepare_model_for_kbit_training
+
+    # Casts norms and the head to fp32 and enables input grads for checkpointing.
+    model = prepare_model_for_kbit_training(
+        model, use_gradient_checkpointing=gradient_checkpointing
+    )
+    return _lora(model, cfg, gradient_checkpointing=False)
 
 
-def apply_method(model: PreTrainedModel, cfg: FullMethod | LoraMethod) -> PreTrainedModel:
+METHODS: dict[str, Callable[..., PreTrainedModel]] = {
+    "full": _full,
+    "lora": _lora,
+    "qlora": _qlora,
+}
+
+
+def apply_method(
+    model: PreTrainedModel,
+    cfg: FullMethod | LoraMethod | QLoraMethod,
+    gradient_checkpointing: bool = False,
+) -> PreTrainedModel:
     """Set up `cfg.type` on `model` and return the model to train."""
-    return METHODS[cfg.type](model, cfg)
+    return METHODS[cfg.type](model, cfg, gradient_checkpointing)
+
+
+def parameter_count(param) -> int:
+    """Elements of a parameter as the model uses it: 4-bit weights are stored two to a
+    byte, so their packed numel is half the real count."""
+    quant_state = getattr(param, "quant_state", None)
+    if quant_state is not None and getattr(quant_state, "shape", None) is not None:
+        return math.prod(quant_state.shape)
+    return param.numel()
 
 
 def trainable_parameters(model: PreTrainedModel) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    """(trainable, total) parameter counts, 4-bit weights counted unpacked."""
+    trainable = sum(parameter_count(p) for p in model.parameters() if p.requires_grad)
+    total = sum(parameter_count(p) for p in model.parameters())
     return trainable, total

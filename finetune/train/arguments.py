@@ -19,6 +19,26 @@ def report_to(cfg: LoggingConfig) -> list[str]:
     return ["tensorboard"] if importlib.util.find_spec("tensorboard") else []
 
 
+# Schema name -> transformers' optimizer name. LAMB has none there: see optimizer_class.
+OPTIMIZERS = {
+    "adamw": "adamw_torch",
+    "adamw_8bit": "adamw_bnb_8bit",
+    "paged_adamw": "paged_adamw_32bit",
+    "paged_adamw_8bit": "paged_adamw_8bit",
+    "lamb": "adamw_torch",
+}
+
+
+def optimizer_class(train: TrainConfig) -> tuple[type, dict[str, Any]] | None:
+    """An optimizer the Trainer does not know by name, as (class, kwargs); else None."""
+    if train.optimizer != "lamb":
+        return None
+    from bitsandbytes.optim import LAMB
+
+    betas = (train.adam_beta1, train.adam_beta2)
+    return LAMB, {"lr": train.lr, "betas": betas, "eps": train.adam_epsilon}
+
+
 def training_arguments(
     train: TrainConfig,
     logging: LoggingConfig,
@@ -40,6 +60,10 @@ def training_arguments(
         gradient_accumulation_steps=train.gradient_accumulation_steps,
         learning_rate=train.lr,
         weight_decay=train.weight_decay,
+        optim=OPTIMIZERS[train.optimizer],
+        adam_beta1=train.adam_beta1,
+        adam_beta2=train.adam_beta2,
+        adam_epsilon=train.adam_epsilon,
         lr_scheduler_type=train.lr_scheduler,
         warmup_steps=train.warmup_steps,
         max_grad_norm=train.max_grad_norm or 0.0,

@@ -11,6 +11,8 @@ RUN_CONFIG = "run_config.yaml"
 METRICS = "metrics.jsonl"
 RUN_INFO = "run_info.json"
 CHECKPOINTS = "checkpoints"
+BASE_MODEL = "base_model"  # the random base of an adapter trained on a new model
+MERGED = "merged"  # the adapter merged into its base (train.merge_adapter)
 
 
 def check_output_dir(path: Path, overwrite: bool, resume: bool) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import torch.distributed as dist
 from transformers import (
     AutoTokenizer,
+    PreTrainedModel,
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
     Trainer,
@@ -29,11 +30,14 @@ from finetune.distributed.deepspeed import deepspeed_config
 from finetune.evaluate import exact_match, prompt_answer_pairs
 from finetune.hub import check_hub, hub_callbacks, push_trained
 from finetune.methods import apply_method, load_base_model, trainable_parameters
+from finetune.methods.merge import merge_adapter
 from finetune.preflight import preflight
-from finetune.train.arguments import training_arguments
+from finetune.train.arguments import optimizer_class, training_arguments
 from finetune.train.callbacks import CheckpointMarker, MetricsLogger, ProgressBar
 from finetune.train.checkpoints import resume_checkpoint
 from finetune.train.output import (
+    BASE_MODEL,
+    MERGED,
     METRICS,
     RUN_CONFIG,
     RUN_INFO,
@@ -104,7 +108,11 @@ def prepare_run(
     _barrier()
 
     set_seed(cfg.train.seed)  # new weights and adapters are drawn from the run's seed
-    model = apply_method(load_base_model(cfg.model, tokenizer), cfg.method)
+    quantize = cfg.method if cfg.method.type == "qlora" else None
+    model = load_base_model(cfg.model, tokenizer, quantize)
+    if cfg.method.type != "full" and cfg.model.architecture is not None:
+        _save_new_base(model, out / BASE_MODEL, args.process_index == 0)
+    model = apply_method(model, cfg.method, cfg.train.gradient_checkpointing)
     model.config.use_cache = False  # a cache would disable packed-sequence masking
     trainable, total = trainable_parameters(model)
     logger.info(
@@ -118,6 +126,7 @@ def prepare_run(
         eval_dataset=eval_set,
         data_collator=build_collator(cfg.data, tokenizer.pad_token_id),
         processing_class=tokenizer,
+        optimizer_cls_and_kwargs=optimizer_class(cfg.train),
         callbacks=[
             MetricsLogger(out / METRICS),
             CheckpointMarker(),
@@ -157,9 +166,20 @@ def execute(run: PreparedRun) -> dict[str, Any]:
     }
     if run.args.process_index == 0:
         (out / RUN_INFO).write_text(json.dumps(summary, indent=2) + "\n")
+        if run.cfg.train.merge_adapter:
+            merge_adapter(out, out / MERGED)
         if run.cfg.hub.push_to_hub:  # publish the saved output directory (rank 0 only)
             push_trained(out, run.cfg.hub)
     return summary
+
+
+def _save_new_base(model: PreTrainedModel, path: Path, is_main: bool) -> None:
+    """Keep the random base weights an adapter is trained on, and point the adapter at them:
+    without them a LoRA adapter on a model built from scratch could never be loaded."""
+    if is_main:
+        model.save_pretrained(path)
+    _barrier()
+    model.name_or_path = model.config._name_or_path = str(path.resolve())
 
 
 def _exact_match(run: PreparedRun, key: str) -> dict[str, float]:
