@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,11 @@ def training_arguments(
     """
     out = Path(output.dir)
     evaluate = has_eval and train.eval_steps is not None
+    trackers = report_to(logging)
+    if "tensorboard" in trackers:
+        # transformers 5 reads the TensorBoard directory only from this variable; unset, an
+        # evaluation before the first step writes to ./runs in the working directory.
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "tensorboard")
     return TrainingArguments(
         output_dir=str(out / "checkpoints"),
         per_device_train_batch_size=train.micro_batch_size,
@@ -74,7 +80,7 @@ def training_arguments(
         gradient_checkpointing=train.gradient_checkpointing,
         seed=train.seed,
         logging_steps=logging.steps,
-        report_to=report_to(logging),
+        report_to=trackers,
         eval_strategy="steps" if evaluate else "no",
         eval_steps=train.eval_steps if evaluate else None,
         save_strategy="steps" if output.save_steps else "no",
