@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import LlamaConfig, LlamaForCausalLM, PretrainedConfig, PreTrainedModel
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedConfig, PreTrainedModel
 
 from .configuration_decoder import FinetuneDecoderConfig
 from .configuration_encoder import FinetuneEncoderConfig
@@ -72,7 +72,7 @@ _LLAMA_RENAMES = [
 ]
 
 
-def decoder_config_from_hf(config: PretrainedConfig) -> FinetuneDecoderConfig:
+def decoder_config_from_hf(config: PreTrainedConfig) -> FinetuneDecoderConfig:
     """Build the decoder config equivalent to a Llama, Mistral or Qwen2 config.
 
     Args:
@@ -128,7 +128,7 @@ def decoder_from_hf(model: ModelSource) -> FinetuneDecoderForCausalLM | Finetune
     return _convert(source, decoder_config_from_hf(source.config), target_class, _LLAMA_RENAMES)
 
 
-def _uniform_sliding_window(config: PretrainedConfig) -> int | None:
+def _uniform_sliding_window(config: PreTrainedConfig) -> int | None:
     """The sliding window applied to every layer, None for full attention everywhere."""
     window = getattr(config, "sliding_window", None)
     layer_types = getattr(config, "layer_types", None)
@@ -261,7 +261,7 @@ _BERT_RENAMES = [
 
 
 def encoder_config_from_bert(
-    config: PretrainedConfig, add_pooler: bool = True, mlm_head: bool = True
+    config: PreTrainedConfig, add_pooler: bool = True, mlm_head: bool = True
 ) -> FinetuneEncoderConfig:
     """Build the encoder config equivalent to a BERT config.
 
@@ -350,7 +350,7 @@ _BART_RENAMES = [
 ]
 
 
-def seq2seq_config_from_bart(config: PretrainedConfig) -> FinetuneSeq2SeqConfig:
+def seq2seq_config_from_bart(config: PreTrainedConfig) -> FinetuneSeq2SeqConfig:
     """Build the seq2seq config equivalent to a BART config.
 
     Args:
@@ -368,7 +368,7 @@ def seq2seq_config_from_bart(config: PretrainedConfig) -> FinetuneSeq2SeqConfig:
     )
 
 
-def seq2seq_config_from_marian(config: PretrainedConfig) -> FinetuneSeq2SeqConfig:
+def seq2seq_config_from_marian(config: PreTrainedConfig) -> FinetuneSeq2SeqConfig:
     """Build the seq2seq config equivalent to a Marian config.
 
     Args:
@@ -424,7 +424,7 @@ def seq2seq_from_marian(
     return _convert_seq2seq(source, seq2seq_config_from_marian(source.config), renames)
 
 
-def _seq2seq_fields(config: PretrainedConfig) -> dict:
+def _seq2seq_fields(config: PreTrainedConfig) -> dict:
     """Fields shared by BART and Marian, after checking both stacks have the same shape."""
     for encoder_name, decoder_name in (
         ("encoder_attention_heads", "decoder_attention_heads"),
@@ -553,7 +553,7 @@ def convert_checkpoint(
 
 def _convert(
     source: PreTrainedModel,
-    config: PretrainedConfig,
+    config: PreTrainedConfig,
     target_class: type[PreTrainedModel],
     renames: list[tuple[str, str | None]],
 ) -> PreTrainedModel:
@@ -608,7 +608,7 @@ def _load_source(model: ModelSource) -> PreTrainedModel:
     return model_class.from_pretrained(path)
 
 
-def _common_fields(config: PretrainedConfig) -> dict:
+def _common_fields(config: PreTrainedConfig) -> dict:
     """The fields every source names the same way."""
     return {
         "vocab_size": config.vocab_size,
@@ -625,7 +625,7 @@ def _common_fields(config: PretrainedConfig) -> dict:
     }
 
 
-def _plain_ffn(config: PretrainedConfig, field: str) -> str:
+def _plain_ffn(config: PreTrainedConfig, field: str) -> str:
     activation = getattr(config, field)
     if activation not in _PLAIN_ACTIVATIONS:
         raise ConversionError(
@@ -635,14 +635,14 @@ def _plain_ffn(config: PretrainedConfig, field: str) -> str:
     return _PLAIN_ACTIVATIONS[activation]
 
 
-def _expect_model_type(config: PretrainedConfig, accepted: tuple[str, ...]) -> None:
+def _expect_model_type(config: PreTrainedConfig, accepted: tuple[str, ...]) -> None:
     if config.model_type not in accepted:
         raise ConversionError(
             f"model_type={config.model_type!r}: this converter takes {', '.join(accepted)}"
         )
 
 
-def _expect(config: PretrainedConfig, field: str, accepted: tuple) -> None:
+def _expect(config: PreTrainedConfig, field: str, accepted: tuple) -> None:
     value = getattr(config, field, None)
     if value not in accepted:
         raise ConversionError(
