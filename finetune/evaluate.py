@@ -9,7 +9,9 @@ from pathlib import Path
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
     AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -19,11 +21,12 @@ from transformers import (
 
 from finetune.config.data import DatasetConfig
 from finetune.config.schema import RunConfig
-from finetune.data.collator import build_collator
+from finetune.data.collator import build_task_collator
 from finetune.data.formats import chat_messages
 from finetune.data.pipeline import build_datasets
 from finetune.data.sources import InvalidRow, iter_rows
 from finetune.errors import ConfigError, FinetuneError
+from finetune.methods.base import TASK_AUTO_CLASSES
 
 
 def prompt_answer_pairs(
@@ -93,9 +96,9 @@ def exact_match(
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,
             )
-            answers = tokenizer.batch_decode(
-                output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
-            )
+            # A decoder-only model's output starts with its prompt; an encoder-decoder's not.
+            prompt_length = 0 if model.config.is_encoder_decoder else inputs["input_ids"].shape[1]
+            answers = tokenizer.batch_decode(output[:, prompt_length:], skip_special_tokens=True)
             hits += sum(
                 a.strip() == ref.strip() for a, (_, ref) in zip(answers, batch, strict=True)
             )
@@ -107,9 +110,12 @@ def exact_match(
 
 
 def load_trained(
-    model_dir: str | Path, trust_remote_code: bool = False
+    model_dir: str | Path, trust_remote_code: bool = False, task: str | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A run's saved model (a full model or a peft adapter) and its tokenizer, for inference.
+
+    The head is `task`'s (see `model.task`); by default a causal LM, or a seq2seq LM for an
+    encoder-decoder config.
 
     Raises:
         FinetuneError: `model_dir` holds no model.
@@ -123,7 +129,11 @@ def load_trained(
 
         model = AutoPeftModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code)
     else:
-        model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+        if task is not None:
+            auto = TASK_AUTO_CLASSES[task]
+        model = auto.from_pretrained(path, trust_remote_code=trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -178,7 +188,7 @@ def evaluate_model(cfg: RunConfig, model_dir: str | Path) -> dict[str, float]:
     """
     if not cfg.data.eval and cfg.data.eval_ratio == 0:
         raise ConfigError("data: nothing to evaluate on; set data.eval or data.eval_ratio")
-    model, tokenizer = load_trained(model_dir, cfg.model.trust_remote_code)
+    model, tokenizer = load_trained(model_dir, cfg.model.trust_remote_code, cfg.model.task)
     _, eval_set = build_datasets(cfg.data, tokenizer, cfg.train.seed)
     with tempfile.TemporaryDirectory() as scratch:
         args = TrainingArguments(
@@ -192,7 +202,7 @@ def evaluate_model(cfg: RunConfig, model_dir: str | Path) -> dict[str, float]:
             model=model,
             args=args,
             eval_dataset=eval_set,
-            data_collator=build_collator(cfg.data, tokenizer.pad_token_id),
+            data_collator=build_task_collator(cfg.data, cfg.model.task, tokenizer, cfg.train.seed),
             processing_class=tokenizer,
         )
         metrics = trainer.evaluate()

@@ -77,6 +77,12 @@ class ModelConfig(Section):
     """Fields for the architecture's Hugging Face config class (hidden_size,
     num_hidden_layers, ...). With `name_or_path` they override the checkpoint's config."""
 
+    task: Literal["causal_lm", "masked_lm", "seq2seq"] = "causal_lm"
+    """What the model learns: `causal_lm` (next token; decoder models such as `llama` or
+    `decoder`), `masked_lm` (15% of tokens masked; encoders such as `encoder` or BERT), or
+    `seq2seq` (encoder-decoders such as `seq2seq` or BART: the prompt of each
+    completion/alpaca/chat row is the source, its answer the target)."""
+
     trust_remote_code: bool = False
     """Allow a checkpoint's own modeling code to run (needed for custom Hub architectures)."""
 
@@ -240,21 +246,97 @@ class TrainConfig(Section):
 # --------------------------------------------------------------------------------------
 
 
+Device = Literal["none", "cpu", "nvme"]
+
+
+class OffloadConfig(Section):
+    """ZeRO offload: keep optimizer states (ZeRO-1/2/3) or parameters (ZeRO-3) in CPU
+    memory or on NVMe instead of accelerator memory."""
+
+    optimizer: Device = "none"
+    """Where optimizer states live: `cpu` (DeepSpeed's CPU Adam runs the step there),
+    `nvme` (swapped to `nvme_path`), or `none`."""
+
+    params: Device = "none"
+    """Where parameters live between uses (ZeRO-3 only): `cpu`, `nvme` or `none`."""
+
+    nvme_path: str | None = None
+    """A directory on a fast local NVMe disk, for `nvme` offload (each rank writes there)."""
+
+    pin_memory: bool = True
+    """Page-lock offloaded CPU buffers (faster transfers, more locked host memory)."""
+
+    @model_validator(mode="after")
+    def _nvme_path(self) -> OffloadConfig:
+        if "nvme" in (self.optimizer, self.params) and not self.nvme_path:
+            raise ValueError("distributed.offload: nvme offload needs offload.nvme_path")
+        return self
+
+
 class DistributedConfig(Section):
-    """Multi-process training through DeepSpeed."""
+    """Multi-process training through DeepSpeed: ZeRO data parallel, pipeline parallel
+    (`pipeline_stages`) and tensor parallel (`tensor_parallel`). The world size must be
+    data x tensor x pipeline; the data-parallel size is what remains."""
 
     deepspeed: str | None = None
     """Path to a DeepSpeed JSON config (see configs/deepspeed/). Values the framework owns
-    (batch sizes, accumulation, clipping, precision) are filled from this schema."""
+    (batch sizes, accumulation, clipping, precision, offload, tensor parallel) are filled
+    from this schema."""
 
     zero_stage: Literal[0, 1, 2, 3] | None = None
-    """Use the DeepSpeed ZeRO preset for this stage (instead of a `deepspeed` file)."""
+    """Use the DeepSpeed ZeRO preset for this stage (instead of a `deepspeed` file).
+    Unset with `pipeline_stages` or `tensor_parallel` above 1: stage 0."""
+
+    offload: OffloadConfig = Field(default_factory=OffloadConfig)
+    """ZeRO offload of optimizer states and parameters (needs DeepSpeed)."""
+
+    pipeline_stages: int = Field(1, ge=1)
+    """Split the model's layers into this many pipeline stages (DeepSpeed's
+    PipelineEngine). Needs ZeRO stage 0 or 1, no packing, no tensor parallel."""
+
+    tensor_parallel: int = Field(1, ge=1)
+    """Shard every linear layer over this many ranks (DeepSpeed AutoTP)."""
+
+    timeout_s: int = Field(1800, ge=10)
+    """Process-group timeout: a collective that waits longer (a rank died or hangs) fails
+    and the job exits non-zero instead of hanging."""
 
     @model_validator(mode="after")
     def _one_source(self) -> DistributedConfig:
         if self.deepspeed is not None and self.zero_stage is not None:
             raise ValueError("set at most one of distributed.deepspeed and distributed.zero_stage")
+        offloaded = (self.offload.optimizer, self.offload.params) != ("none", "none")
+        if offloaded and not self.enabled:
+            raise ValueError(
+                "distributed.offload needs DeepSpeed ZeRO: set distributed.zero_stage "
+                "(params offload: 3) or distributed.deepspeed"
+            )
+        if self.offload.params != "none" and self.zero_stage not in (3, None):
+            raise ValueError(
+                f"distributed.offload.params: parameters are offloaded by ZeRO-3 only, "
+                f"not zero_stage {self.zero_stage}; set zero_stage=3 or offload.params=none"
+            )
+        if self.offload.optimizer != "none" and self.zero_stage == 0:
+            raise ValueError(
+                "distributed.offload.optimizer: ZeRO stage 0 does not offload; "
+                "use zero_stage 1, 2 or 3"
+            )
+        if self.pipeline_stages > 1 and self.tensor_parallel > 1:
+            raise ValueError(
+                "distributed: pipeline_stages and tensor_parallel cannot be combined "
+                "(DeepSpeed's PipelineModule with AutoTP aborts); use one of them"
+            )
         return self
+
+    @property
+    def enabled(self) -> bool:
+        """Whether this run uses DeepSpeed."""
+        return (
+            self.deepspeed is not None
+            or self.zero_stage is not None
+            or self.pipeline_stages > 1
+            or self.tensor_parallel > 1
+        )
 
 
 # --------------------------------------------------------------------------------------
@@ -313,6 +395,22 @@ class RunConfig(Section):
             )
         if self.train.merge_adapter and self.method.type == "full":
             raise ValueError("train.merge_adapter: only LoRA and QLoRA runs have an adapter")
+        return self
+
+    @model_validator(mode="after")
+    def _task_fits(self) -> RunConfig:
+        task = self.model.task
+        if task != "causal_lm" and self.data.packing:
+            raise ValueError(f"data.packing: only causal_lm models pack samples, not {task}")
+        if task == "masked_lm" and self.train.exact_match_rows:
+            raise ValueError("train.exact_match_rows: masked_lm models do not generate answers")
+        if task == "seq2seq":
+            for source in [*self.data.train, *self.data.eval]:
+                if source.format.type == "text":
+                    raise ValueError(
+                        f"model.task: seq2seq needs prompt/answer rows, but data source "
+                        f"{source.path} has format 'text'; use completion, alpaca or chat"
+                    )
         return self
 
     @model_validator(mode="after")

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerBase
 
 from finetune.config.data import DataConfig
 
@@ -82,3 +83,75 @@ class PackingCollator:
 def build_collator(cfg: DataConfig, pad_token_id: int) -> PaddingCollator | PackingCollator:
     """The collator for the data section: packing rows when `data.packing`, else padding."""
     return PackingCollator(pad_token_id) if cfg.packing else PaddingCollator(pad_token_id)
+
+
+@dataclass
+class MaskedLMCollator:
+    """Pad, then mask 15% of the non-special tokens for the masked-LM objective (BERT's
+    80% [MASK] / 10% random / 10% unchanged), through transformers' own collator.
+
+    The format's labels are ignored: masked-LM labels are the masked-out tokens.
+    """
+
+    tokenizer: PreTrainedTokenizerBase
+    mlm_probability: float = 0.15
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        self._mlm = DataCollatorForLanguageModeling(
+            self.tokenizer, mlm=True, mlm_probability=self.mlm_probability, seed=self.seed
+        )
+        self._special = set(self.tokenizer.all_special_ids)
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        features = [
+            {
+                "input_ids": s["input_ids"],
+                "special_tokens_mask": [int(i in self._special) for i in s["input_ids"]],
+            }
+            for s in samples
+        ]
+        return self._mlm(features)
+
+
+@dataclass
+class Seq2SeqCollator:
+    """Split each sample at its first trained token: the prompt goes to the encoder, the
+    trained part (answer and EOS) becomes the decoder's labels. Both are right-padded by
+    length; the model shifts the labels into decoder inputs itself."""
+
+    pad_token_id: int
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        sources, targets = [], []
+        for sample in samples:
+            labels = sample["labels"]
+            start = next(i for i, label in enumerate(labels) if label != IGNORE_INDEX)
+            sources.append(sample["input_ids"][:start] or [self.pad_token_id])
+            targets.append([label for label in labels[start:] if label != IGNORE_INDEX])
+        input_ids = _pad(sources, self.pad_token_id)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": _pad([[1] * len(s) for s in sources], 0),
+            "labels": _pad(targets, IGNORE_INDEX),
+        }
+
+
+def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
+    """Right-pad `rows` to the longest with `value`."""
+    out = torch.full((len(rows), max(len(r) for r in rows)), value, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+    return out
+
+
+def build_task_collator(
+    cfg: DataConfig, task: str, tokenizer: PreTrainedTokenizerBase, seed: int
+) -> Any:
+    """The collator for a model task: causal LM uses `build_collator`; the encoder and
+    encoder-decoder tasks have their own."""
+    if task == "masked_lm":
+        return MaskedLMCollator(tokenizer, seed=seed)
+    if task == "seq2seq":
+        return Seq2SeqCollator(tokenizer.pad_token_id)
+    return build_collator(cfg, tokenizer.pad_token_id)

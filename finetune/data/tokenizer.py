@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ logger = logging.getLogger(__name__)
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
 CHAT_TOKENS = ["<|im_start|>", "<|im_end|>"]
+MASK_TOKEN = "<|mask|>"  # added for masked-LM training when a tokenizer has no mask token
 
 # ChatML, the default for tokenizers that bring no template of their own. The
 # `{% generation %}` markers let transformers return the assistant-token mask.
@@ -43,8 +45,10 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTra
     Raises:
         ConfigError: nothing loadable at `name_or_path`.
     """
+    # `~` and $VARS expand as in model.name_or_path; a Hub id comes back unchanged.
+    path = os.path.expanduser(os.path.expandvars(name_or_path))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         raise ConfigError(
             f"tokenizer.name_or_path: cannot load a tokenizer from {name_or_path!r}: {err}"

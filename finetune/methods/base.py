@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
+
 import torch
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoModelForSeq2SeqLM,
     BitsAndBytesConfig,
     PretrainedConfig,
     PreTrainedModel,
@@ -19,6 +24,13 @@ from finetune.config.schema import (
     unknown_config_keys,
 )
 from finetune.errors import ConfigError
+
+# model.task -> the Auto class that builds the model with the head for it.
+TASK_AUTO_CLASSES = {
+    "causal_lm": AutoModelForCausalLM,
+    "masked_lm": AutoModelForMaskedLM,
+    "seq2seq": AutoModelForSeq2SeqLM,
+}
 
 
 def quantization_config(method: QLoraMethod) -> BitsAndBytesConfig:
@@ -48,15 +60,16 @@ def load_base_model(
     kwargs = {}
     if cfg.attn_implementation is not None:
         kwargs["attn_implementation"] = cfg.attn_implementation
+    auto_class = TASK_AUTO_CLASSES[cfg.task]
     if cfg.architecture is not None:
         config = _new_config(cfg, tokenizer)
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, **kwargs)
+        model = auto_class.from_config(config, dtype=torch.float32, **kwargs)
     else:
         config = _checkpoint_config(cfg)
         if quantize is not None:
             kwargs["quantization_config"] = quantization_config(quantize)
-        model = AutoModelForCausalLM.from_pretrained(
-            cfg.name_or_path,
+        model = auto_class.from_pretrained(
+            checkpoint_path(cfg.name_or_path),
             config=config,
             dtype=torch.float32,
             trust_remote_code=cfg.trust_remote_code,
@@ -67,6 +80,12 @@ def load_base_model(
     return model
 
 
+def checkpoint_path(name_or_path: str) -> str:
+    """`name_or_path` with `~` and environment variables expanded, so a config can name a
+    checkpoint under the user's home or cache (a Hub id comes back unchanged)."""
+    return os.path.expanduser(os.path.expandvars(name_or_path))
+
+
 def _new_config(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
     fields = {
         "vocab_size": len(tokenizer),
@@ -75,8 +94,14 @@ def _new_config(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> Pretrai
         "eos_token_id": tokenizer.eos_token_id,
         **cfg.config,
     }
+    config_class = hf_config_class(cfg.architecture)
+    declared = {f.name for f in dataclasses.fields(config_class)}
+    if "decoder_start_token_id" in declared:
+        # Encoder-decoders start decoding from a token of their own; BART uses EOS.
+        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else None
+        fields.setdefault("decoder_start_token_id", start or tokenizer.eos_token_id)
     try:
-        return hf_config_class(cfg.architecture)(**fields)
+        return config_class(**fields)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"model.config: {err}") from None
 
@@ -84,7 +109,7 @@ def _new_config(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> Pretrai
 def _checkpoint_config(cfg: ModelConfig) -> PretrainedConfig:
     try:
         config = AutoConfig.from_pretrained(
-            cfg.name_or_path, trust_remote_code=cfg.trust_remote_code
+            checkpoint_path(cfg.name_or_path), trust_remote_code=cfg.trust_remote_code
         )
     except (OSError, ValueError) as err:
         raise ConfigError(

@@ -9,20 +9,27 @@ from transformers import PreTrainedModel
 
 from finetune.config.schema import FullMethod, LoraMethod, QLoraMethod
 
+# model.task -> peft's task type (which wrapper class, and what it saves).
+PEFT_TASKS = {"causal_lm": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM", "masked_lm": None}
 
-def _full(model: PreTrainedModel, cfg: FullMethod, gradient_checkpointing: bool) -> PreTrainedModel:
+
+def _full(
+    model: PreTrainedModel, cfg: FullMethod, gradient_checkpointing: bool, task: str
+) -> PreTrainedModel:
     model.requires_grad_(True)
     return model
 
 
-def _lora(model: PreTrainedModel, cfg: LoraMethod, gradient_checkpointing: bool) -> PreTrainedModel:
-    from peft import LoraConfig, TaskType, get_peft_model
+def _lora(
+    model: PreTrainedModel, cfg: LoraMethod, gradient_checkpointing: bool, task: str
+) -> PreTrainedModel:
+    from peft import LoraConfig, get_peft_model
 
     if gradient_checkpointing:
         # The frozen embeddings produce no grad, which checkpointed blocks need at the input.
         model.enable_input_require_grads()
     peft_config = LoraConfig(
-        task_type=TaskType.CAUSAL_LM,
+        task_type=PEFT_TASKS[task],
         r=cfg.rank,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
@@ -36,7 +43,7 @@ def _lora(model: PreTrainedModel, cfg: LoraMethod, gradient_checkpointing: bool)
 
 
 def _qlora(
-    model: PreTrainedModel, cfg: QLoraMethod, gradient_checkpointing: bool
+    model: PreTrainedModel, cfg: QLoraMethod, gradient_checkpointing: bool, task: str
 ) -> PreTrainedModel:
     from peft import prepare_model_for_kbit_training
 
@@ -44,7 +51,7 @@ def _qlora(
     model = prepare_model_for_kbit_training(
         model, use_gradient_checkpointing=gradient_checkpointing
     )
-    return _lora(model, cfg, gradient_checkpointing=False)
+    return _lora(model, cfg, gradient_checkpointing=False, task=task)
 
 
 METHODS: dict[str, Callable[..., PreTrainedModel]] = {
@@ -58,9 +65,10 @@ def apply_method(
     model: PreTrainedModel,
     cfg: FullMethod | LoraMethod | QLoraMethod,
     gradient_checkpointing: bool = False,
+    task: str = "causal_lm",
 ) -> PreTrainedModel:
-    """Set up `cfg.type` on `model` and return the model to train."""
-    return METHODS[cfg.type](model, cfg, gradient_checkpointing)
+    """Set up `cfg.type` on `model` (built for `task`) and return the model to train."""
+    return METHODS[cfg.type](model, cfg, gradient_checkpointing, task)
 
 
 def parameter_count(param) -> int:

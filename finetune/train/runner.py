@@ -23,10 +23,12 @@ from transformers.trainer_callback import ProgressCallback
 
 from finetune.config.loader import dump_config
 from finetune.config.schema import RunConfig
-from finetune.data.collator import build_collator
+from finetune.data.collator import build_task_collator
 from finetune.data.pipeline import build_datasets, iter_training_texts
-from finetune.data.tokenizer import load_tokenizer, train_tokenizer
+from finetune.data.tokenizer import MASK_TOKEN, load_tokenizer, train_tokenizer
 from finetune.distributed.deepspeed import deepspeed_config
+from finetune.distributed.launch import init_process_group, peak_memory_per_rank
+from finetune.distributed.zero import partitioned_parameter_counts
 from finetune.evaluate import exact_match, prompt_answer_pairs
 from finetune.hub import check_hub, hub_callbacks, push_trained
 from finetune.methods import apply_method, load_base_model, trainable_parameters
@@ -65,6 +67,10 @@ class PreparedRun:
 
 def train(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
     """Run `cfg` end to end and return the run summary written to run_info.json."""
+    if cfg.distributed.pipeline_stages > 1:  # DeepSpeed's PipelineEngine, not the Trainer
+        from finetune.train.pipeline_loop import train_pipeline
+
+        return train_pipeline(cfg, overwrite=overwrite, resume=resume)
     return execute(prepare_run(cfg, overwrite=overwrite, resume=resume))
 
 
@@ -84,7 +90,10 @@ def prepare_run(
     out = Path(cfg.output.dir)
     ds_config = deepspeed_config(cfg.distributed, cfg.train)
     has_eval = bool(cfg.data.eval) or cfg.data.eval_ratio > 0
-    args = training_arguments(cfg.train, cfg.logging, cfg.output, ds_config, has_eval)
+    init_process_group(cfg.distributed)  # before a ZeRO-3 model is built, with the timeout
+    args = training_arguments(
+        cfg.train, cfg.logging, cfg.output, ds_config, has_eval, cfg.distributed.timeout_s
+    )
     check_output_dir(out, overwrite=overwrite, resume=resume)
     resume_from = None
     if resume:
@@ -93,6 +102,8 @@ def prepare_run(
 
     # A resumed run reuses the tokenizer it saved, rather than training a new one.
     tokenizer = AutoTokenizer.from_pretrained(out) if resume else _build_tokenizer(cfg)
+    if cfg.model.task == "masked_lm" and tokenizer.mask_token is None:
+        tokenizer.add_special_tokens({"mask_token": MASK_TOKEN})
     with args.main_process_first(desc="tokenizing"):
         train_set, eval_set = build_datasets(cfg.data, tokenizer, cfg.train.seed)
     pairs = []
@@ -112,9 +123,9 @@ def prepare_run(
     model = load_base_model(cfg.model, tokenizer, quantize)
     if cfg.method.type != "full" and cfg.model.architecture is not None:
         _save_new_base(model, out / BASE_MODEL, args.process_index == 0)
-    model = apply_method(model, cfg.method, cfg.train.gradient_checkpointing)
+    model = apply_method(model, cfg.method, cfg.train.gradient_checkpointing, cfg.model.task)
     model.config.use_cache = False  # a cache would disable packed-sequence masking
-    trainable, total = trainable_parameters(model)
+    trainable, total = partitioned_parameter_counts(model) or trainable_parameters(model)
     logger.info(
         "trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / total
     )
@@ -124,7 +135,7 @@ def prepare_run(
         args=args,
         train_dataset=train_set,
         eval_dataset=eval_set,
-        data_collator=build_collator(cfg.data, tokenizer.pad_token_id),
+        data_collator=build_task_collator(cfg.data, cfg.model.task, tokenizer, cfg.train.seed),
         processing_class=tokenizer,
         optimizer_cls_and_kwargs=optimizer_class(cfg.train),
         callbacks=[
@@ -163,6 +174,7 @@ def execute(run: PreparedRun) -> dict[str, Any]:
         "total_parameters": run.parameters[1],
         "metrics": metrics,
         "untrained_metrics": run.untrained_metrics,
+        "peak_memory_mb_per_rank": peak_memory_per_rank(),
     }
     if run.args.process_index == 0:
         (out / RUN_INFO).write_text(json.dumps(summary, indent=2) + "\n")
