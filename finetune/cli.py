@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -46,6 +47,13 @@ def cli(local_rank: int | None) -> None:
     # variable itself. Either way the rank reaches accelerate through LOCAL_RANK.
     if local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(local_rank))
+    # finetune's own progress lines (data cache hits, packing efficiency, trainable
+    # parameters) on stderr; other ranks stay quiet so multi-process logs stay readable.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("[finetune] %(message)s"))
+    package_logger = logging.getLogger("finetune")
+    package_logger.addHandler(handler)
+    package_logger.setLevel(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
 
 
 @cli.command()
@@ -182,6 +190,39 @@ def eval_command(target: str, overrides: tuple[str, ...], model_dir: str | None)
     cfg = load_config(config, overrides)
     metrics = evaluate_model(cfg, model_dir or cfg.output.dir)
     click.echo(json.dumps(metrics, indent=2))
+
+
+@cli.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@overrides_option
+@click.option(
+    "--gpus", type=click.IntRange(min=1), default=1, show_default=True, help="GPUs per node."
+)
+@click.option("--nodes", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option(
+    "--gpu-memory-gb",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Memory of one GPU: say which ZeRO stage fits.",
+)
+@user_errors
+def estimate(
+    config: str, overrides: tuple[str, ...], gpus: int, nodes: int, gpu_memory_gb: float | None
+) -> None:
+    """Model-state memory per GPU and per node for each ZeRO stage (DeepSpeed's estimators),
+    counted on CONFIG's model built on the meta device."""
+    from finetune.config import load_config
+    from finetune.distributed.estimate import (
+        estimate_stages,
+        format_estimate,
+        meta_model,
+        parameter_counts,
+    )
+
+    total, largest = parameter_counts(meta_model(load_config(config, overrides)))
+    rows = estimate_stages(total, largest, gpus, nodes)
+    click.echo(f"{nodes} node(s) x {gpus} GPU(s)")
+    click.echo(format_estimate(total, largest, rows, gpu_memory_gb))
 
 
 @cli.group("config")
