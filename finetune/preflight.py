@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from finetune.config.schema import RunConfig
+from finetune.distributed.checks import check_distributed
 from finetune.errors import PreflightError
 
 
@@ -87,10 +88,7 @@ def preflight(cfg: RunConfig) -> None:
         require_module("bitsandbytes", "method.type=qlora", "quantization")
     if cfg.train.optimizer != "adamw":
         require_module("bitsandbytes", f"train.optimizer={cfg.train.optimizer}", "quantization")
-    if cfg.distributed.deepspeed is not None or cfg.distributed.zero_stage is not None:
-        require_module("deepspeed", "DeepSpeed (distributed section)", "deepspeed")
-    if cfg.distributed.deepspeed is not None and not Path(cfg.distributed.deepspeed).is_file():
-        raise PreflightError(f"distributed.deepspeed: file not found: {cfg.distributed.deepspeed}")
+    check_distributed(cfg)  # layout (data x tensor x pipeline), feature combinations
     if cfg.model.attn_implementation == "flash_attention_2":
         if not torch.cuda.is_available():
             raise PreflightError(

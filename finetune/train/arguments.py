@@ -46,6 +46,7 @@ def training_arguments(
     output: OutputConfig,
     deepspeed: dict[str, Any] | None,
     has_eval: bool,
+    timeout_s: int = 1800,
 ) -> TrainingArguments:
     """Translate the train, logging and output sections for transformers' Trainer.
 
@@ -90,6 +91,7 @@ def training_arguments(
         # size of 1, and each rank trains alone on all the data.
         use_cpu=not torch.cuda.is_available(),
         deepspeed=deepspeed,
+        ddp_timeout=timeout_s,
         remove_unused_columns=False,
         disable_tqdm=False,
         include_num_input_tokens_seen="non_padding",
