@@ -13,6 +13,7 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
+    EvalPrediction,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     Trainer,
@@ -107,6 +108,16 @@ def exact_match(
         model.train(was_training)
         model.config.use_cache = use_cache
         tokenizer.padding_side = padding_side
+
+
+def accuracy(prediction: EvalPrediction) -> dict[str, float]:
+    """Classification accuracy, for the Trainer's `compute_metrics`."""
+    logits = (
+        prediction.predictions[0]
+        if isinstance(prediction.predictions, tuple)
+        else prediction.predictions
+    )
+    return {"accuracy": float((logits.argmax(-1) == prediction.label_ids).mean())}
 
 
 def load_trained(
@@ -204,6 +215,7 @@ def evaluate_model(cfg: RunConfig, model_dir: str | Path) -> dict[str, float]:
             eval_dataset=eval_set,
             data_collator=build_task_collator(cfg.data, cfg.model.task, tokenizer, cfg.train.seed),
             processing_class=tokenizer,
+            compute_metrics=accuracy if cfg.model.task == "sequence_classification" else None,
         )
         metrics = trainer.evaluate()
     metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50.0))

@@ -18,7 +18,7 @@ OUT = Path(__file__).resolve().parents[1] / "finetune" / "resources" / "arithmet
 
 
 def make_row(rng: random.Random) -> dict[str, str]:
-    """One random task: a prompt ending in ' Answer:' and its completion."""
+    """One random task: a prompt ending in ' Answer:', its completion, and the task name."""
     # Three-digit numbers throughout: a few million parameters learn the rules in minutes.
     a, b = rng.sample(range(100, 999), 2)
     task = rng.choice(["next", "previous", "larger", "smaller"])
@@ -32,7 +32,8 @@ def make_row(rng: random.Random) -> dict[str, str]:
         prompt, answer = f"Which is smaller, {a} or {b}?", min(a, b)
     prompt = f"Question: {prompt} Answer:"
     completion = f" {answer}"
-    return {"prompt": prompt, "completion": completion, "text": prompt + completion}
+    # `task` doubles as a class label for the sequence-classification example.
+    return {"prompt": prompt, "completion": completion, "text": prompt + completion, "task": task}
 
 
 def main() -> None:
@@ -44,17 +45,20 @@ def main() -> None:
     args = parser.parse_args()
 
     rng = random.Random(args.seed)
-    train: list[dict[str, str]] = []
-    held_out: list[dict[str, str]] = []
-    seen: set[str] = set()
-    while len(train) + len(held_out) < args.train + args.eval:
+    held_out: dict[str, dict[str, str]] = {}
+    while len(held_out) < args.eval:
         row = make_row(rng)
-        if row["prompt"] in seen:
-            continue  # the held-out prompts never occur in training
-        seen.add(row["prompt"])
-        (held_out if len(held_out) < args.eval else train).append(row)
+        held_out.setdefault(row["prompt"], row)
+    # Training rows may repeat (there are only 898 "after"/"before" questions), but never
+    # one of the held-out prompts; the four tasks stay equally frequent.
+    train = []
+    while len(train) < args.train:
+        row = make_row(rng)
+        if row["prompt"] not in held_out:
+            train.append(row)
+    held_out_rows = list(held_out.values())
     args.out.mkdir(parents=True, exist_ok=True)
-    for name, rows in (("train", train), ("eval", held_out)):
+    for name, rows in (("train", train), ("eval", held_out_rows)):
         with (args.out / f"{name}.jsonl").open("w") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
         print(f"wrote {len(rows)} rows to {args.out / f'{name}.jsonl'}")

@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from transformers import AutoModelForMaskedLM, AutoModelForSeq2SeqLM, AutoTokenizer
+from transformers import (
+    AutoModelForMaskedLM,
+    AutoModelForSeq2SeqLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+)
 
 import finetune.models  # noqa: F401  (registers the project's architectures in this process)
 from tests.conftest import REPO, run_cli
@@ -88,3 +93,17 @@ def test_seq2seq_learns_and_reloads(tmp_path: Path) -> None:
     metrics = json.loads(result.stdout)
     assert metrics["eval_loss"] == pytest.approx(info["metrics"]["eval_loss"], abs=1e-5)
     assert metrics["exact_match"] == pytest.approx(info["metrics"]["exact_match"])
+
+
+def test_encoder_sequence_classification_learns(tmp_path: Path) -> None:
+    out, info = _train("encoder-classify.yaml", tmp_path, steps=100)
+    # Four balanced classes: chance is 25%; the question kind is in the words.
+    assert info["untrained_metrics"]["untrained_accuracy"] < 0.5
+    assert info["metrics"]["eval_accuracy"] >= 0.9
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert model.config.id2label == {0: "next", 1: "previous", 2: "larger", 3: "smaller"}
+    inputs = tokenizer("Question: Which is smaller, 512 or 389? Answer:", return_tensors="pt")
+    with torch.no_grad():
+        predicted = model(**inputs).logits.argmax(-1).item()
+    assert model.config.id2label[predicted] == "smaller"

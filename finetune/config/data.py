@@ -162,8 +162,24 @@ class ChatFormat(Section):
     """Put loss on every token of the rendered conversation (system and user turns too)."""
 
 
+class ClassificationFormat(Section):
+    """`classification`: a text and its class, for `model.task: sequence_classification`."""
+
+    type: Literal["classification"] = "classification"
+
+    text_field: str = "text"
+    """Field holding the text to classify."""
+
+    label_field: str = "label"
+    """Field holding the class: one of `labels`, or its index."""
+
+    labels: list[str] = Field(min_length=2)
+    """The class names, in id order; they become the model's `id2label`."""
+
+
 FormatConfig = Annotated[
-    TextFormat | CompletionFormat | AlpacaFormat | ChatFormat, Field(discriminator="type")
+    TextFormat | CompletionFormat | AlpacaFormat | ChatFormat | ClassificationFormat,
+    Field(discriminator="type"),
 ]
 
 # --------------------------------------------------------------------------------------

@@ -77,11 +77,12 @@ class ModelConfig(Section):
     """Fields for the architecture's Hugging Face config class (hidden_size,
     num_hidden_layers, ...). With `name_or_path` they override the checkpoint's config."""
 
-    task: Literal["causal_lm", "masked_lm", "seq2seq"] = "causal_lm"
+    task: Literal["causal_lm", "masked_lm", "seq2seq", "sequence_classification"] = "causal_lm"
     """What the model learns: `causal_lm` (next token; decoder models such as `llama` or
     `decoder`), `masked_lm` (15% of tokens masked; encoders such as `encoder` or BERT), or
     `seq2seq` (encoder-decoders such as `seq2seq` or BART: the prompt of each
-    completion/alpaca/chat row is the source, its answer the target)."""
+    completion/alpaca/chat row is the source, its answer the target), or
+    `sequence_classification` (a head on an encoder or decoder; `classification` rows)."""
 
     trust_remote_code: bool = False
     """Allow a checkpoint's own modeling code to run (needed for custom Hub architectures)."""
@@ -402,10 +403,24 @@ class RunConfig(Section):
         task = self.model.task
         if task != "causal_lm" and self.data.packing:
             raise ValueError(f"data.packing: only causal_lm models pack samples, not {task}")
-        if task == "masked_lm" and self.train.exact_match_rows:
-            raise ValueError("train.exact_match_rows: masked_lm models do not generate answers")
+        if task in ("masked_lm", "sequence_classification") and self.train.exact_match_rows:
+            raise ValueError(f"train.exact_match_rows: {task} models do not generate answers")
+        sources = [*self.data.train, *self.data.eval]
+        classifying = [s.format.type == "classification" for s in sources]
+        if task == "sequence_classification":
+            if not all(classifying):
+                raise ValueError(
+                    "model.task: sequence_classification needs every data source in the "
+                    "classification format (text and label fields)"
+                )
+            if len({tuple(s.format.labels) for s in sources}) > 1:
+                raise ValueError("data: every classification source must list the same labels")
+        elif any(classifying):
+            raise ValueError(
+                "data: the classification format needs model.task=sequence_classification"
+            )
         if task == "seq2seq":
-            for source in [*self.data.train, *self.data.eval]:
+            for source in sources:
                 if source.format.type == "text":
                     raise ValueError(
                         f"model.task: seq2seq needs prompt/answer rows, but data source "

@@ -145,6 +145,21 @@ def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
     return out
 
 
+@dataclass
+class ClassificationCollator:
+    """Right-pad the texts; each sample's single label is its class index."""
+
+    pad_token_id: int
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        rows = [s["input_ids"] for s in samples]
+        return {
+            "input_ids": _pad(rows, self.pad_token_id),
+            "attention_mask": _pad([[1] * len(r) for r in rows], 0),
+            "labels": torch.tensor([s["labels"][0] for s in samples], dtype=torch.long),
+        }
+
+
 def build_task_collator(
     cfg: DataConfig, task: str, tokenizer: PreTrainedTokenizerBase, seed: int
 ) -> Any:
@@ -154,4 +169,6 @@ def build_task_collator(
         return MaskedLMCollator(tokenizer, seed=seed)
     if task == "seq2seq":
         return Seq2SeqCollator(tokenizer.pad_token_id)
+    if task == "sequence_classification":
+        return ClassificationCollator(tokenizer.pad_token_id)
     return build_collator(cfg, tokenizer.pad_token_id)

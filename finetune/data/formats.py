@@ -22,6 +22,7 @@ from transformers import PreTrainedTokenizerBase
 from finetune.config.data import (
     AlpacaFormat,
     ChatFormat,
+    ClassificationFormat,
     CompletionFormat,
     DatasetConfig,
     FormatConfig,
@@ -43,6 +44,8 @@ class Encoded:
 
     input_ids: list[int]
     trainable: list[bool]
+    label: int | None = None
+    """The class index of a classification row (its tokens carry no loss of their own)."""
 
 
 def encode_row(row: Any, fmt: FormatConfig, tokenizer: PreTrainedTokenizerBase) -> Encoded:
@@ -318,11 +321,34 @@ def _chat_text(row: dict[str, Any], fmt: ChatFormat) -> str:
 
 Encoder = Callable[[dict[str, Any], Any, PreTrainedTokenizerBase], Encoded]
 
+
+def _encode_classification(
+    row: dict[str, Any], fmt: ClassificationFormat, tok: PreTrainedTokenizerBase
+) -> Encoded:
+    ids = tok(_field(row, fmt.text_field, "text_field"))["input_ids"]
+    value = row.get(fmt.label_field)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(fmt.labels):
+        label = value
+    elif isinstance(value, str) and value in fmt.labels:
+        label = fmt.labels.index(value)
+    else:
+        raise BadRow(
+            f"label_field {fmt.label_field!r} is {value!r}; expected one of {fmt.labels} "
+            f"or an index below {len(fmt.labels)}"
+        )
+    return Encoded(ids, [False] * len(ids), label)
+
+
+def _classification_text(row: dict[str, Any], fmt: ClassificationFormat) -> str:
+    return _field(row, fmt.text_field, "text_field")
+
+
 ENCODERS: dict[str, Encoder] = {
     "text": _encode_text,
     "completion": _encode_completion,
     "alpaca": _encode_alpaca,
     "chat": _encode_chat,
+    "classification": _encode_classification,
 }
 
 TEXTS: dict[str, Callable[[dict[str, Any], Any], str]] = {
@@ -330,4 +356,5 @@ TEXTS: dict[str, Callable[[dict[str, Any], Any], str]] = {
     "completion": _completion_text,
     "alpaca": _alpaca_text,
     "chat": _chat_text,
+    "classification": _classification_text,
 }

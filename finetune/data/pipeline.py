@@ -257,28 +257,31 @@ def _encode_rows(
         truncated = len(encoded.input_ids) > cfg.max_length
         if truncated:
             encoded = truncate(encoded, cfg.max_length, cfg.truncation)
-        labels = [
-            i if t else IGNORE_INDEX
-            for i, t in zip(encoded.input_ids, encoded.trainable, strict=True)
-        ]
-        # The first label is never predicted (nothing comes before it).
-        trainable = sum(label != IGNORE_INDEX for label in labels[1:])
+        if encoded.label is not None:
+            # A classification row: one label for the whole sequence.
+            labels, trainable = [encoded.label], 1
+        else:
+            labels = [
+                i if t else IGNORE_INDEX
+                for i, t in zip(encoded.input_ids, encoded.trainable, strict=True)
+            ]
+            # The first label is never predicted (nothing comes before it).
+            trainable = sum(label != IGNORE_INDEX for label in labels[1:])
         if trainable == 0:
             stats.no_trainable += 1
             continue
         writer.add(encoded.input_ids, labels)
         stats.kept += 1
         stats.truncated += truncated
-        stats.tokens += len(labels)
+        stats.tokens += len(encoded.input_ids)
         stats.trainable_tokens += trainable
     return stats
 
 
 def truncate(encoded: Encoded, max_length: int, side: str) -> Encoded:
     """Cut `encoded` to `max_length` tokens: keep the start (`right`) or the end (`left`)."""
-    if side == "left":
-        return Encoded(encoded.input_ids[-max_length:], encoded.trainable[-max_length:])
-    return Encoded(encoded.input_ids[:max_length], encoded.trainable[:max_length])
+    kept = slice(-max_length, None) if side == "left" else slice(0, max_length)
+    return Encoded(encoded.input_ids[kept], encoded.trainable[kept], encoded.label)
 
 
 def _check_rows(parts: list[_Tokenized], on_bad_row: str) -> None:

@@ -11,6 +11,7 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForMaskedLM,
     AutoModelForSeq2SeqLM,
+    AutoModelForSequenceClassification,
     BitsAndBytesConfig,
     PretrainedConfig,
     PreTrainedModel,
@@ -30,6 +31,7 @@ TASK_AUTO_CLASSES = {
     "causal_lm": AutoModelForCausalLM,
     "masked_lm": AutoModelForMaskedLM,
     "seq2seq": AutoModelForSeq2SeqLM,
+    "sequence_classification": AutoModelForSequenceClassification,
 }
 
 
@@ -49,6 +51,7 @@ def load_base_model(
     cfg: ModelConfig,
     tokenizer: PreTrainedTokenizerBase,
     quantize: QLoraMethod | None = None,
+    labels: list[str] | None = None,
 ) -> PreTrainedModel:
     """The model to train, in fp32 (its linear layers quantized when `quantize` is given),
     with embeddings that cover the tokenizer.
@@ -62,10 +65,10 @@ def load_base_model(
         kwargs["attn_implementation"] = cfg.attn_implementation
     auto_class = TASK_AUTO_CLASSES[cfg.task]
     if cfg.architecture is not None:
-        config = _new_config(cfg, tokenizer)
+        config = _with_labels(_new_config(cfg, tokenizer), labels)
         model = auto_class.from_config(config, dtype=torch.float32, **kwargs)
     else:
-        config = _checkpoint_config(cfg)
+        config = _with_labels(_checkpoint_config(cfg), labels)
         if quantize is not None:
             kwargs["quantization_config"] = quantization_config(quantize)
         model = auto_class.from_pretrained(
@@ -84,6 +87,14 @@ def checkpoint_path(name_or_path: str) -> str:
     """`name_or_path` with `~` and environment variables expanded, so a config can name a
     checkpoint under the user's home or cache (a Hub id comes back unchanged)."""
     return os.path.expanduser(os.path.expandvars(name_or_path))
+
+
+def _with_labels(config: PretrainedConfig, labels: list[str] | None) -> PretrainedConfig:
+    """Size and name a classification head from the data's classes."""
+    if labels:
+        config.id2label = dict(enumerate(labels))
+        config.label2id = {name: i for i, name in enumerate(labels)}
+    return config
 
 
 def _new_config(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:

@@ -10,7 +10,12 @@ from transformers import PreTrainedModel
 from finetune.config.schema import FullMethod, LoraMethod, QLoraMethod
 
 # model.task -> peft's task type (which wrapper class, and what it saves).
-PEFT_TASKS = {"causal_lm": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM", "masked_lm": None}
+PEFT_TASKS = {
+    "causal_lm": "CAUSAL_LM",
+    "seq2seq": "SEQ_2_SEQ_LM",
+    "masked_lm": None,
+    "sequence_classification": "SEQ_CLS",  # peft then trains and saves the new head too
+}
 
 
 def _full(

@@ -9,6 +9,7 @@ ROWS = (
     ("loss", "eval_loss", "untrained_loss", "{:.4f}"),
     ("perplexity", "eval_perplexity", "untrained_perplexity", "{:.2f}"),
     ("exact match", "exact_match", "untrained_exact_match", "{:.1%}"),
+    ("accuracy", "eval_accuracy", "untrained_accuracy", "{:.1%}"),
 )
 
 

@@ -29,7 +29,7 @@ from finetune.data.tokenizer import MASK_TOKEN, load_tokenizer, train_tokenizer
 from finetune.distributed.deepspeed import deepspeed_config
 from finetune.distributed.launch import init_process_group, peak_memory_per_rank
 from finetune.distributed.zero import partitioned_parameter_counts
-from finetune.evaluate import exact_match, prompt_answer_pairs
+from finetune.evaluate import accuracy, exact_match, prompt_answer_pairs
 from finetune.hub import check_hub, hub_callbacks, push_trained
 from finetune.methods import apply_method, load_base_model, trainable_parameters
 from finetune.methods.merge import merge_adapter
@@ -120,7 +120,8 @@ def prepare_run(
 
     set_seed(cfg.train.seed)  # new weights and adapters are drawn from the run's seed
     quantize = cfg.method if cfg.method.type == "qlora" else None
-    model = load_base_model(cfg.model, tokenizer, quantize)
+    labels = getattr(cfg.data.train[0].format, "labels", None)  # classification classes
+    model = load_base_model(cfg.model, tokenizer, quantize, labels)
     if cfg.method.type != "full" and cfg.model.architecture is not None:
         _save_new_base(model, out / BASE_MODEL, args.process_index == 0)
     model = apply_method(model, cfg.method, cfg.train.gradient_checkpointing, cfg.model.task)
@@ -138,6 +139,7 @@ def prepare_run(
         data_collator=build_task_collator(cfg.data, cfg.model.task, tokenizer, cfg.train.seed),
         processing_class=tokenizer,
         optimizer_cls_and_kwargs=optimizer_class(cfg.train),
+        compute_metrics=accuracy if cfg.model.task == "sequence_classification" else None,
         callbacks=[
             MetricsLogger(out / METRICS),
             CheckpointMarker(),
