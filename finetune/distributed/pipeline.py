@@ -1,0 +1,190 @@
+"""A DeepSpeed PipelineModule cut from a Hugging Face causal LM, following its pp plan.
+
+The model's `base_model_pp_plan` (transformers' convention, which Llama and the project's
+`decoder` declare) says the stack is `embed_tokens` -> `layers` -> `norm`, then `lm_head`.
+Each piece becomes one pipeline layer that takes and returns a tuple of tensors
+`(hidden_states, attention_mask)`; the causal mask and rotary embeddings are rebuilt on every
+layer from the padding mask, so nothing but those two tensors crosses a stage boundary.
+
+The layers wrap the model's own modules (no weights are copied), so after training the
+Hugging Face model object on each rank holds its stage's trained weights, ready to save.
+Tied input/output embeddings become a DeepSpeed `TiedLayerSpec`: the first and last stages
+each hold the matrix and DeepSpeed all-reduces its gradient between them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+from finetune.errors import ConfigError
+
+TIED_KEY = "embed_tokens"
+Activations = tuple[torch.Tensor, torch.Tensor]  # (hidden_states, attention_mask)
+
+
+class EmbeddingPipe(nn.Module):
+    """First layer: token ids to embeddings; also the tied output projection."""
+
+    def __init__(self, embed_tokens: nn.Embedding) -> None:
+        super().__init__()
+        self.embed_tokens = embed_tokens
+
+    def forward(self, inputs: Activations) -> Activations:
+        input_ids, attention_mask = inputs  # (batch, seq) each
+        return self.embed_tokens(input_ids), attention_mask  # (batch, seq, hidden)
+
+
+def tied_head_forward(module: EmbeddingPipe, inputs: Activations) -> torch.Tensor:
+    """The output projection through the tied embedding matrix: (batch, seq, vocab)."""
+    hidden_states, _ = inputs
+    return nn.functional.linear(hidden_states, module.embed_tokens.weight)
+
+
+class DecoderLayerPipe(nn.Module):
+    """One decoder layer, rebuilding its causal mask and rotary embeddings from the padding
+    mask (right padding: positions are 0..seq-1)."""
+
+    def __init__(self, layer: nn.Module, rotary_emb: nn.Module | None, config) -> None:
+        super().__init__()
+        self.layer = layer
+        self.rotary_emb = rotary_emb
+        self.config = config
+
+    def forward(self, inputs: Activations) -> Activations:
+        hidden_states, attention_mask = inputs
+        seq = hidden_states.shape[1]
+        position_ids = torch.arange(seq, device=hidden_states.device).unsqueeze(0)  # (1, seq)
+        mask_fn = (
+            create_sliding_window_causal_mask
+            if getattr(self.config, "sliding_window", None)
+            else create_causal_mask
+        )
+        causal_mask = mask_fn(
+            config=self.config,
+            inputs_embeds=hidden_states,
+            attention_mask=attention_mask,
+            past_key_values=None,
+            position_ids=position_ids,
+        )
+        position_embeddings = None
+        if self.rotary_emb is not None:
+            position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)
+        hidden_states = self.layer(
+            hidden_states,
+            attention_mask=causal_mask,
+            position_embeddings=position_embeddings,
+            position_ids=position_ids,
+            past_key_values=None,
+            use_cache=False,
+        )
+        return hidden_states, attention_mask
+
+
+class NormPipe(nn.Module):
+    """The final norm."""
+
+    def __init__(self, norm: nn.Module) -> None:
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, inputs: Activations) -> Activations:
+        hidden_states, attention_mask = inputs
+        return self.norm(hidden_states), attention_mask
+
+
+class HeadPipe(nn.Module):
+    """An untied output projection: (batch, seq, vocab) logits."""
+
+    def __init__(self, lm_head: nn.Linear) -> None:
+        super().__init__()
+        self.lm_head = lm_head
+
+    def forward(self, inputs: Activations) -> torch.Tensor:
+        return self.lm_head(inputs[0])
+
+
+def check_pipeline_model(model: PreTrainedModel, stages: int) -> nn.Module:
+    """The model's base stack, after checking it can be cut into `stages` stages.
+
+    Raises:
+        ConfigError: the model has no embed_tokens/layers/norm/lm_head stack, fewer layers
+            than stages, or an embedding step the pipeline would skip.
+    """
+    base = getattr(model, model.base_model_prefix, None)
+    missing = [name for name in ("embed_tokens", "layers", "norm") if not hasattr(base, name)] + (
+        [] if hasattr(model, "lm_head") else ["lm_head"]
+    )
+    if missing:
+        raise ConfigError(
+            f"distributed.pipeline_stages: {type(model).__name__} has no {', '.join(missing)} "
+            "(the pp plan embed_tokens -> layers -> norm -> lm_head); use zero_stage or "
+            "tensor_parallel for this model"
+        )
+    extras = [n for n in ("embed_positions", "embedding_norm") if getattr(base, n, None)]
+    if getattr(base, "embed_scale", 1.0) not in (None, 1.0):
+        extras.append("scale_embeddings")
+    if getattr(model.config, "hidden_dropout", 0.0):
+        extras.append("hidden_dropout")
+    if extras:
+        raise ConfigError(
+            f"model.config: the pipeline embeds tokens with embed_tokens alone, but this "
+            f"model also uses {', '.join(extras)}; use rotary positions without them, or "
+            "zero_stage/tensor_parallel instead of distributed.pipeline_stages"
+        )
+    if len(base.layers) + 2 < stages:
+        raise ConfigError(
+            f"distributed.pipeline_stages: {stages} stages for a model of "
+            f"{len(base.layers)} layers; use at most {len(base.layers)}"
+        )
+    return base
+
+
+def pipeline_module(model: PreTrainedModel, stages: int, loss_fn, partition_method: str):
+    """A `deepspeed.pipe.PipelineModule` over `model`'s own modules."""
+    from deepspeed.pipe import PipelineModule, TiedLayerSpec
+
+    base = check_pipeline_model(model, stages)
+    rotary = getattr(base, "rotary_emb", None)
+    layers: list = [DecoderLayerPipe(layer, rotary, model.config) for layer in base.layers]
+    tied = model.lm_head.weight is base.embed_tokens.weight
+    if tied:
+        attr = ["embed_tokens.weight"]
+        embed = TiedLayerSpec(TIED_KEY, EmbeddingPipe, base.embed_tokens, tied_weight_attr=attr)
+        head = TiedLayerSpec(
+            TIED_KEY,
+            EmbeddingPipe,
+            base.embed_tokens,
+            forward_fn=tied_head_forward,
+            tied_weight_attr=attr,
+        )
+    else:
+        embed, head = EmbeddingPipe(base.embed_tokens), HeadPipe(model.lm_head)
+    module = PipelineModule(
+        layers=[embed, *layers, NormPipe(base.norm), head],
+        num_stages=stages,
+        loss_fn=loss_fn,
+        partition_method=partition_method,
+        dynamic_shape=True,  # padded to the longest row of each batch: shapes vary
+    )
+    mark_stage_parameters(module)
+    return module
+
+
+def mark_stage_parameters(module) -> None:
+    """Make gradient clipping see the whole model's norm.
+
+    DeepSpeed sums the squared gradient norm over the model-parallel group (the pipeline
+    stages), but from a stage other than the first it only counts parameters flagged
+    `model_parallel` (Megatron's flag): unflagged, clipping would use the first stage's
+    norm alone and the run would drift from the single-process one. Every stage owns
+    distinct parameters, so all are flagged; the tied embedding's copy on a later stage is
+    not, as its all-reduced gradient is already counted by the first stage.
+    """
+    tied = {id(p) for m in module.tied_modules.values() for p in m.parameters()}
+    first = module.stage_id == 0
+    for param in module.parameters():
+        if first or id(param) not in tied:
+            param.model_parallel = True
