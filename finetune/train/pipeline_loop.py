@@ -36,6 +36,7 @@ from finetune.data.pipeline import build_datasets
 from finetune.distributed.deepspeed import deepspeed_config, resolve_batch_values
 from finetune.distributed.launch import init_process_group, peak_memory_per_rank
 from finetune.distributed.pipeline import pipeline_module
+from finetune.distributed.watchdog import Watchdog
 from finetune.methods import load_base_model
 from finetune.preflight import preflight
 from finetune.train.checkpoints import latest_checkpoint, mark_complete, resume_checkpoint
@@ -184,11 +185,14 @@ def _loop(engine, batches: Iterator, cfg: RunConfig, out: Path, start: int, step
         next(batches)
     counted = _TokenCounter(batches)
     losses: list[float] = []
+    watchdog = Watchdog(cfg.distributed.timeout_s, dist.get_rank())
+    watchdog.arm()
     began = last_time = time.monotonic()
     last_tokens, loss = 0, float("nan")
     for step in range(start + 1, steps + 1):
         loss = engine.train_batch(data_iter=counted).item()
         losses.append(loss)
+        watchdog.beat()
         if step % cfg.logging.steps == 0 or step == steps:
             now = time.monotonic()
             tokens = _all_ranks_sum(counted.tokens, engine) - last_tokens
@@ -205,6 +209,8 @@ def _loop(engine, batches: Iterator, cfg: RunConfig, out: Path, start: int, step
                     f.write(json.dumps(record) + "\n")
         if cfg.output.save_steps and step % cfg.output.save_steps == 0:
             _save_checkpoint(engine, out / CHECKPOINTS, step, cfg.output.save_total_limit)
+            watchdog.beat()
+    watchdog.disarm()
     runtime = time.monotonic() - began
     return {
         "global_step": steps,

@@ -28,6 +28,7 @@ from finetune.data.pipeline import build_datasets, iter_training_texts
 from finetune.data.tokenizer import MASK_TOKEN, load_tokenizer, train_tokenizer
 from finetune.distributed.deepspeed import deepspeed_config
 from finetune.distributed.launch import init_process_group, peak_memory_per_rank
+from finetune.distributed.watchdog import watchdog_callbacks
 from finetune.distributed.zero import partitioned_parameter_counts
 from finetune.evaluate import accuracy, exact_match, prompt_answer_pairs
 from finetune.hub import check_hub, hub_callbacks, push_trained
@@ -143,6 +144,7 @@ def prepare_run(
         callbacks=[
             MetricsLogger(out / METRICS),
             CheckpointMarker(),
+            *watchdog_callbacks(cfg.distributed),
             *hub_callbacks(cfg.hub, out),
             *(callbacks or []),
         ],
