@@ -163,6 +163,34 @@ def merge(adapter_dir: str, out: str, dtype: str) -> None:
     click.echo(f"merged model saved to {merge_adapter(adapter_dir, out, dtype)}")
 
 
+@cli.command()
+@click.argument("src_dir", type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Where to write.")
+@click.option(
+    "--to",
+    type=click.Choice(["decoder", "encoder", "seq2seq", "llama"]),
+    default=None,
+    help="Target architecture. Default: the only one the source converts to.",
+)
+@user_errors
+def convert(src_dir: str, out: str, to: str | None) -> None:
+    """Convert the checkpoint in SRC_DIR between Hugging Face and finetune architectures.
+
+    Llama, Mistral and Qwen2 become `decoder`, BERT `encoder`, BART and Marian `seq2seq`;
+    a Llama-compatible `decoder` becomes `llama` (loadable without remote code).
+    """
+    from pathlib import Path
+
+    from finetune.models.convert import ConversionError, convert_checkpoint
+
+    if Path(out).exists() and any(Path(out).iterdir()):
+        raise click.UsageError(f"--out {out} exists and is not empty; choose another directory")
+    try:
+        click.echo(f"converted model saved to {convert_checkpoint(src_dir, out, to)}")
+    except ConversionError as err:
+        raise FinetuneError(str(err)) from None
+
+
 @cli.command("eval")
 @click.argument("target", type=click.Path())
 @overrides_option
