@@ -159,3 +159,13 @@ def test_estimate_says_which_stage_fits() -> None:
     assert "no ZeRO stage fits" in format_estimate(
         total, 2 * 10**9, estimate_stages(total, 2 * 10**9, 1, 1), 1
     )
+
+
+def test_estimate_command(tmp_path: Path) -> None:
+    from tests.conftest import run_cli, write_config
+
+    path = write_config(tmp_path / "run.yaml", tiny_config(tmp_path))
+    result = run_cli("estimate", str(path), "--gpus", "2", "--gpu-memory-gb", "0.001")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "parameters: 112,448" in result.stdout
+    assert "lowest stage that fits 0.001 GB per GPU: ZeRO-1" in result.stdout
