@@ -30,7 +30,23 @@ def init_process_group(cfg: DistributedConfig) -> None:
     import deepspeed
 
     backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "gloo":
+        share_cpu_threads()
     deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(seconds=cfg.timeout_s))
+
+
+def share_cpu_threads() -> None:
+    """Give each rank on this machine its share of the cores, unless OMP_NUM_THREADS says.
+
+    torch starts one thread per core in every process; with several ranks per machine the
+    threads outnumber the cores and spin against each other. Measured on 2 cores, 2 ranks:
+    a pipeline step took 11 s with the default, 0.6 s with one thread per rank.
+    """
+    if "OMP_NUM_THREADS" in os.environ:
+        return
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", "1")))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(max(1, (cores or 1) // local))
 
 
 def peak_memory_per_rank() -> list[float]:
