@@ -205,3 +205,40 @@ def test_qlora_needs_a_checkpoint(tmp_path: Path) -> None:
     result = run_cli("validate", str(write_config(tmp_path / "q.yaml", cfg)))
     assert result.returncode == 2
     assert "qlora quantizes pretrained weights; set model.name_or_path" in result.stderr
+
+
+def _qlora_gradients(checkpoint: Path, evaluate_first: bool) -> dict[str, torch.Tensor]:
+    from transformers import AutoTokenizer
+
+    cfg = validate_config(
+        {
+            "model": {"name_or_path": str(checkpoint)},
+            "data": {"train": [{"path": "unused.txt"}]},
+            "method": {"type": "qlora"},
+            "output": {"dir": "unused"},
+        }
+    )
+    torch.manual_seed(0)
+    model = load_base_model(cfg.model, AutoTokenizer.from_pretrained(checkpoint), cfg.method)
+    model = apply_method(model, cfg.method)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:  # nonzero B, so gradients depend on every layer's path
+            torch.nn.init.normal_(param, std=0.02)
+    if evaluate_first:
+        model.eval()
+        with torch.no_grad():
+            model(**_batch())
+    model.train()
+    batch = _batch()
+    model(**batch, labels=batch["input_ids"]).loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_qlora_keeps_gradients_after_an_evaluation(checkpoint: Path) -> None:
+    """An eval-mode forward (eval_untrained, eval_steps) must not switch bitsandbytes to its
+    CPU inference layout, which has no backward (seen on AVX512-BF16 CPUs)."""
+    fresh = _qlora_gradients(checkpoint, evaluate_first=False)
+    after_eval = _qlora_gradients(checkpoint, evaluate_first=True)
+    assert fresh.keys() == after_eval.keys() and fresh
+    for name, grad in fresh.items():
+        torch.testing.assert_close(after_eval[name], grad, rtol=1e-5, atol=1e-6, msg=name)

@@ -67,24 +67,7 @@ def _train(example: str, model_dir: Path, out: Path) -> dict:
     return json.loads((out / "run_info.json").read_text())
 
 
-def _bnb_repacks_4bit_on_cpu() -> bool:
-    """Whether bitsandbytes takes its AVX512-BF16 inference path for 4-bit layers here."""
-    try:
-        from bitsandbytes.functional import has_avx512bf16
-    except ImportError:
-        return False
-    return bool(has_avx512bf16())
-
-
 @pytest.mark.slow
-@pytest.mark.xfail(
-    condition=_bnb_repacks_4bit_on_cpu(),
-    strict=True,
-    reason="bitsandbytes 0.50.2 on AVX512-BF16 CPUs: the evaluation before training "
-    "(eval_untrained) repacks 4-bit weights for inference, after which no gradient flows "
-    "through the base layers; finetune.methods must set support_avx512bf16_for_cpu=False "
-    "on every Linear4bit (remove this mark with that fix)",
-)
 def test_smollm2_qlora_steps_lower_the_loss(smollm2: Path, tmp_path: Path) -> None:
     info = _train("smollm2-qlora.yaml", smollm2, tmp_path / "qlora")
     trainable, total = info["trainable_parameters"], info["total_parameters"]
