@@ -145,3 +145,19 @@ def test_pipeline_packs_and_logs_efficiency(tmp_path: Path, caplog) -> None:
     collator = build_collator(cfg, tok.pad_token_id)
     batch = collator([data.train[0], data.train[1]])
     assert batch["input_ids"].shape[1] <= 64 and "attention_mask" not in batch
+
+
+def test_packing_efficiency_on_the_shipped_dataset_at_512(tmp_path: Path) -> None:
+    """The issue's bar, on the data the project ships (chat-free completion rows)."""
+    from finetune.config.data import CompletionFormat
+
+    tok = chatml_tokenizer()
+    shipped = Path(__file__).resolve().parents[2] / "finetune/resources/arithmetic/train.jsonl"
+    cfg = DataConfig(
+        train=[DatasetConfig(path=str(shipped), format=CompletionFormat())],
+        max_length=512,
+        packing=True,
+        cache_dir=str(tmp_path / "cache"),
+    )
+    data = prepare_data(cfg, tok, seed=0)
+    assert data.packing_efficiency > 0.95, data.packing_efficiency
