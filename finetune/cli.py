@@ -379,7 +379,17 @@ def push(
 
 def main() -> None:
     """Console-script entry point."""
+    if not _has_cuda():
+        # Name the accelerator DeepSpeed would pick anyway: its detection otherwise prints
+        # a warning on stdout, which would corrupt the JSON that `eval` prints there.
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     cli(prog_name="finetune")
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 if __name__ == "__main__":
