@@ -24,8 +24,8 @@ from transformers.trainer_callback import ProgressCallback
 from finetune.config.loader import dump_config
 from finetune.config.schema import RunConfig
 from finetune.data.collator import build_task_collator
-from finetune.data.pipeline import build_datasets, iter_training_texts
-from finetune.data.tokenizer import MASK_TOKEN, load_tokenizer, train_tokenizer
+from finetune.data.pipeline import build_datasets
+from finetune.data.tokenizer import MASK_TOKEN, build_tokenizer
 from finetune.distributed.deepspeed import deepspeed_config
 from finetune.distributed.launch import init_process_group, peak_memory_per_rank
 from finetune.distributed.watchdog import watchdog_callbacks
@@ -211,14 +211,17 @@ def _exact_match(run: PreparedRun, key: str) -> dict[str, float]:
 
 
 def _build_tokenizer(cfg: RunConfig) -> PreTrainedTokenizerBase:
+    def build() -> PreTrainedTokenizerBase:
+        return build_tokenizer(
+            cfg.tokenizer, cfg.data, cfg.model.name_or_path, cfg.model.trust_remote_code
+        )
+
     if cfg.tokenizer.train is None:
-        source = cfg.tokenizer.name_or_path or cfg.model.name_or_path
-        return load_tokenizer(source, trust_remote_code=cfg.model.trust_remote_code)
+        return build()
     # Rank 0 trains; the others receive the same tokenizer rather than train their own.
     payload = [None]
     if not dist.is_initialized() or dist.get_rank() == 0:
-        texts = iter_training_texts(cfg.data, limit=cfg.tokenizer.train.max_texts)
-        payload[0] = _tokenizer_state(train_tokenizer(texts, cfg.tokenizer.train))
+        payload[0] = _tokenizer_state(build())
     if dist.is_initialized():
         dist.broadcast_object_list(payload, src=0)
     return _tokenizer_from_state(payload[0])
