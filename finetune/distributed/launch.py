@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
+from typing import TypeVar
 
 import torch
 
 from finetune.config.schema import DistributedConfig
+
+T = TypeVar("T")
 
 
 def launched_world_size() -> int:
@@ -54,14 +57,20 @@ def peak_memory_per_rank() -> list[float]:
     GPU is used, else the process's peak resident set size."""
     import resource
 
-    import torch.distributed as dist
-
     if torch.cuda.is_available():
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return gather_per_rank(round(peak, 1))
+
+
+def gather_per_rank(value: T) -> list[T]:
+    """Every rank's `value`, in rank order, on every rank (a one-item list without a
+    process group)."""
+    import torch.distributed as dist
+
     if not (dist.is_available() and dist.is_initialized()):
-        return [round(peak, 1)]
-    peaks: list[float | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(peaks, round(peak, 1))
-    return peaks  # type: ignore[return-value]
+        return [value]
+    values: list[T | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values  # type: ignore[return-value]

@@ -94,7 +94,10 @@ def apply_method(
 
 def parameter_count(param) -> int:
     """Elements of a parameter as the model uses it: 4-bit weights are stored two to a
-    byte, so their packed numel is half the real count."""
+    byte, so their packed numel is half the real count, and a ZeRO-3 partitioned parameter
+    holds no elements outside a forward pass (its full size is `ds_numel`)."""
+    if hasattr(param, "ds_numel"):
+        return param.ds_numel
     quant_state = getattr(param, "quant_state", None)
     if quant_state is not None and getattr(quant_state, "shape", None) is not None:
         return math.prod(quant_state.shape)

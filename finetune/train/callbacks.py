@@ -10,6 +10,7 @@ from pathlib import Path
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
 
+from finetune.distributed.zero import held_parameters
 from finetune.train.checkpoints import mark_complete
 
 
@@ -86,3 +87,15 @@ class ProgressBar(ProgressCallback):
         elif any(key.startswith("eval_") for key in logs):
             shown = {k: f"{v:.4g}" if isinstance(v, float) else v for k, v in logs.items()}
             self.training_bar.write(str(shown))
+
+
+class HeldParameters(TrainerCallback):
+    """Record what this rank holds of the model's parameters after the first optimizer step:
+    under ZeRO-3 the parameters' own data is empty then and the weights live in shards."""
+
+    def __init__(self) -> None:
+        self.held: dict[str, int] | None = None
+
+    def on_step_end(self, args, state, control, model=None, **kwargs) -> None:
+        if self.held is None and model is not None:
+            self.held = held_parameters(model)

@@ -27,16 +27,25 @@ from finetune.data.collator import build_task_collator
 from finetune.data.pipeline import build_datasets
 from finetune.data.tokenizer import MASK_TOKEN, build_tokenizer
 from finetune.distributed.deepspeed import deepspeed_config
-from finetune.distributed.launch import init_process_group, peak_memory_per_rank
+from finetune.distributed.launch import (
+    gather_per_rank,
+    init_process_group,
+    peak_memory_per_rank,
+)
 from finetune.distributed.watchdog import watchdog_callbacks
-from finetune.distributed.zero import partitioned_parameter_counts
+from finetune.distributed.zero import gathered_parameters
 from finetune.evaluate import accuracy, exact_match, prompt_answer_pairs
 from finetune.hub import check_hub, hub_callbacks, push_trained
 from finetune.methods import apply_method, load_base_model, trainable_parameters
 from finetune.methods.merge import merge_adapter
 from finetune.preflight import preflight
 from finetune.train.arguments import optimizer_class, training_arguments
-from finetune.train.callbacks import CheckpointMarker, MetricsLogger, ProgressBar
+from finetune.train.callbacks import (
+    CheckpointMarker,
+    HeldParameters,
+    MetricsLogger,
+    ProgressBar,
+)
 from finetune.train.checkpoints import resume_checkpoint
 from finetune.train.output import (
     BASE_MODEL,
@@ -127,7 +136,7 @@ def prepare_run(
         _save_new_base(model, out / BASE_MODEL, args.process_index == 0)
     model = apply_method(model, cfg.method, cfg.train.gradient_checkpointing, cfg.model.task)
     model.config.use_cache = False  # a cache would disable packed-sequence masking
-    trainable, total = partitioned_parameter_counts(model) or trainable_parameters(model)
+    trainable, total = trainable_parameters(model)
     logger.info(
         "trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / total
     )
@@ -144,6 +153,7 @@ def prepare_run(
         callbacks=[
             MetricsLogger(out / METRICS),
             CheckpointMarker(),
+            HeldParameters(),
             *watchdog_callbacks(cfg.distributed),
             *hub_callbacks(cfg.hub, out),
             *(callbacks or []),
@@ -179,6 +189,7 @@ def execute(run: PreparedRun) -> dict[str, Any]:
         "metrics": metrics,
         "untrained_metrics": run.untrained_metrics,
         "peak_memory_mb_per_rank": peak_memory_per_rank(),
+        "parameters_held_per_rank": gather_per_rank(_held_parameters(trainer)),
     }
     if run.args.process_index == 0:
         (out / RUN_INFO).write_text(json.dumps(summary, indent=2) + "\n")
@@ -191,11 +202,19 @@ def execute(run: PreparedRun) -> dict[str, Any]:
 
 def _save_new_base(model: PreTrainedModel, path: Path, is_main: bool) -> None:
     """Keep the random base weights an adapter is trained on, and point the adapter at them:
-    without them a LoRA adapter on a model built from scratch could never be loaded."""
-    if is_main:
-        model.save_pretrained(path)
+    without them a LoRA adapter on a model built from scratch could never be loaded.
+    Under ZeRO-3 the weights are gathered first (every rank takes part)."""
+    with gathered_parameters(model):
+        if is_main:
+            model.save_pretrained(path)
     _barrier()
     model.name_or_path = model.config._name_or_path = str(path.resolve())
+
+
+def _held_parameters(trainer: Trainer) -> dict[str, int] | None:
+    """What this rank held of the parameters during training (None before any step)."""
+    held = next(c for c in trainer.callback_handler.callbacks if isinstance(c, HeldParameters))
+    return held.held
 
 
 def _exact_match(run: PreparedRun, key: str) -> dict[str, float]:

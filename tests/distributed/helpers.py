@@ -5,17 +5,29 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
+from finetune.config.schema import RunConfig
+from finetune.methods import load_base_model
+from finetune.train.runner import _build_tokenizer
 from tests.conftest import REPO, tiny_config, write_config
 
 needs_launcher = pytest.mark.skipif(
     shutil.which("deepspeed") is None, reason="deepspeed launcher not installed"
 )
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now, for a launcher's rendezvous."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def run_config(tmp_path: Path, name: str, steps: int = 4, **sections: Any) -> Path:
@@ -55,3 +67,19 @@ def losses(out: Path) -> list[float]:
 
 def tail(result: subprocess.CompletedProcess) -> str:
     return result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def initial_checkpoint(tmp: Path) -> dict:
+    """Save the tiny model with random weights and its tokenizer; return config sections
+    that start from it."""
+    cfg = RunConfig.model_validate(tiny_config(tmp))
+    tokenizer = _build_tokenizer(cfg)
+    torch.manual_seed(0)
+    model = load_base_model(cfg.model, tokenizer)
+    path = tmp / "initial"
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return {
+        "model": {"name_or_path": str(path), "architecture": None, "config": {}},
+        "tokenizer": {"train": None},
+    }
