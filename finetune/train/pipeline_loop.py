@@ -8,9 +8,9 @@ to data-parallel ranks), AdamW and learning-rate schedule from the train section
 same files: run_config.yaml, metrics.jsonl, checkpoints/checkpoint-N with the completion
 marker (resumable with --resume), run_info.json and a Hugging Face model directory.
 
-Differences from the Trainer, by design: the loss of a step is the mean of its micro-batch
-means (the Trainer weights micro-batches by their token counts; equal with accumulation 1),
-and evaluation reports the loss only.
+The loss of a step is the Trainer's too: the mean over every label token of the global batch
+(all micro-batches on all data-parallel ranks), not a mean of micro-batch means, so runs with
+accumulation or data parallelism match the other modes. Evaluation reports the loss only.
 """
 
 from __future__ import annotations
@@ -82,9 +82,7 @@ def train_pipeline(cfg: RunConfig, overwrite: bool = False, resume: bool = False
     model = load_base_model(cfg.model, tokenizer)
     model.config.use_cache = False
 
-    def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return model.loss_function(logits, labels, vocab_size=model.config.vocab_size)
-
+    loss_fn = _GlobalTokenMean(model)
     stages = cfg.distributed.pipeline_stages
     module = pipeline_module(model, stages, loss_fn, partition_method="parameters")
     data_parallel = dist.get_world_size() // stages
@@ -103,7 +101,7 @@ def train_pipeline(cfg: RunConfig, overwrite: bool = False, resume: bool = False
         start = client["step"]
     collate = build_collator(cfg.data, tokenizer.pad_token_id)
     batches = _train_batches(train_set, collate, cfg, data_parallel, engine.grid.data_parallel_id)
-    summary = _loop(engine, batches, cfg, out, start, steps)
+    summary = _loop(engine, batches, loss_fn, cfg, out, start, steps)
     if eval_set is not None:
         summary["metrics"]["eval_loss"] = _evaluate(engine, eval_set, collate, cfg, data_parallel)
         summary["metrics"]["eval_perplexity"] = math.exp(min(summary["metrics"]["eval_loss"], 50))
@@ -178,7 +176,45 @@ def _pipe_batch(batch: dict[str, torch.Tensor]):
     return (batch["input_ids"], batch["attention_mask"]), batch["labels"]
 
 
-def _loop(engine, batches: Iterator, cfg: RunConfig, out: Path, start: int, steps: int) -> dict:
+class _GlobalTokenMean:
+    """The pipeline's loss function: cross-entropy summed over a micro-batch's label tokens
+    and divided so that DeepSpeed's averaging (over accumulation steps, then data-parallel
+    ranks) yields the mean over all label tokens of the step, as the Trainer computes it.
+
+    `items` is set by the training loop before each step; unset (evaluation) the loss is
+    the micro-batch's own token mean.
+    """
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        self.model = model
+        self.items: float | None = None
+
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        vocab_size = self.model.config.vocab_size
+        if self.items is None:
+            return self.model.loss_function(logits, labels, vocab_size=vocab_size)
+        return self.model.loss_function(
+            logits, labels, vocab_size=vocab_size, num_items_in_batch=self.items
+        )
+
+    def prepare(self, micro_batches: list, engine) -> None:
+        """Count the label tokens of the step on every data-parallel rank."""
+        labels = [batch[1] for batch in micro_batches]
+        tokens = torch.tensor(sum(int((y[..., 1:] != -100).sum()) for y in labels))
+        dist.all_reduce(tokens, group=engine.grid.get_data_parallel_group())
+        averaged_over = len(micro_batches) * engine.grid.get_data_parallel_world_size()
+        self.items = max(int(tokens), 1) / averaged_over
+
+
+def _loop(
+    engine,
+    batches: Iterator,
+    loss_fn: _GlobalTokenMean,
+    cfg: RunConfig,
+    out: Path,
+    start: int,
+    steps: int,
+) -> dict:
     """Steps `start`..`steps`, logging to metrics.jsonl and saving checkpoints."""
     accumulation = cfg.train.gradient_accumulation_steps
     for _ in range(start * accumulation):  # a resumed run continues in the data order
@@ -190,7 +226,10 @@ def _loop(engine, batches: Iterator, cfg: RunConfig, out: Path, start: int, step
     began = last_time = time.monotonic()
     last_tokens, loss = 0, float("nan")
     for step in range(start + 1, steps + 1):
-        loss = engine.train_batch(data_iter=counted).item()
+        micro_batches = [next(counted) for _ in range(accumulation)]
+        loss_fn.prepare(micro_batches, engine)
+        loss = engine.train_batch(data_iter=iter(micro_batches)).item()
+        loss_fn.items = None
         losses.append(loss)
         watchdog.beat()
         if step % cfg.logging.steps == 0 or step == steps:
