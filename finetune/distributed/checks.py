@@ -109,8 +109,25 @@ def _check_offload(cfg: RunConfig, ds: dict) -> None:
             f"with optimizer offload to {device} use train.optimizer=adamw "
             "(DeepSpeed runs its CPU Adam on the offloaded states)"
         )
-    nvme = "nvme" in (offload.optimizer, offload.params)
-    if nvme and not Path(offload.nvme_path or "").is_dir():
+    zero = ds.get("zero_optimization", {})
+    devices = {zero.get(key, {}).get("device") for key in ("offload_optimizer", "offload_param")}
+    if "nvme" not in devices:
+        return
+    if "nvme" in (offload.optimizer, offload.params) and not Path(offload.nvme_path).is_dir():
         raise PreflightError(
             f"distributed.offload.nvme_path: {offload.nvme_path} is not a directory"
         )
+    if not async_io_available():
+        raise PreflightError(
+            "distributed.offload: NVMe offload needs DeepSpeed's async_io op, which needs "
+            "libaio (apt install libaio-dev, or dnf install libaio-devel) and a C++ "
+            "compiler; `ds_report` shows it as async_io [OKAY] once they are there. "
+            "Or offload to cpu"
+        )
+
+
+def async_io_available() -> bool:
+    """Whether DeepSpeed can build its async_io op (NVMe offload) on this machine."""
+    from deepspeed.ops.op_builder import AsyncIOBuilder
+
+    return AsyncIOBuilder().is_compatible(verbose=False)

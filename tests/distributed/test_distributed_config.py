@@ -133,6 +133,24 @@ def test_preflight_accepts_valid_layouts(tmp_path: Path) -> None:
     check_distributed(run_config(tmp_path, pipeline_stages=2, zero_stage=1), world_size=2)
 
 
+@pytest.mark.parametrize("source", ["schema", "json"])
+def test_nvme_offload_needs_async_io(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str
+) -> None:
+    if source == "schema":
+        fields = {"zero_stage": 3, "offload": {"params": "nvme", "nvme_path": str(tmp_path)}}
+    else:  # the user's DeepSpeed file asks for NVMe itself
+        ds = {"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "nvme"}}}
+        (tmp_path / "ds.json").write_text(json.dumps(ds))
+        fields = {"deepspeed": str(tmp_path / "ds.json")}
+    cfg = run_config(tmp_path, **fields)
+    monkeypatch.setattr("finetune.distributed.checks.async_io_available", lambda: False)
+    with pytest.raises(PreflightError, match="libaio"):
+        check_distributed(cfg, world_size=2)
+    monkeypatch.setattr("finetune.distributed.checks.async_io_available", lambda: True)
+    check_distributed(cfg, world_size=2)
+
+
 def test_estimate_uses_deepspeed_estimators(tmp_path: Path) -> None:
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
     from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
