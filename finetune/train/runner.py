@@ -24,7 +24,7 @@ from transformers.trainer_callback import ProgressCallback
 from finetune.config.loader import dump_config
 from finetune.config.schema import RunConfig
 from finetune.data.collator import build_task_collator
-from finetune.data.pipeline import build_datasets
+from finetune.data.pipeline import prepare_data
 from finetune.data.tokenizer import MASK_TOKEN, build_tokenizer
 from finetune.distributed.deepspeed import deepspeed_config
 from finetune.distributed.launch import (
@@ -73,6 +73,8 @@ class PreparedRun:
     parameters: tuple[int, int] = (0, 0)
     exact_match_pairs: list[tuple[str, str]] = field(default_factory=list)
     untrained_metrics: dict[str, float] = field(default_factory=dict)
+    sources_tokenized: int = 0
+    """Data sources this rank tokenized itself (the others came from the cache)."""
 
 
 def train(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
@@ -114,8 +116,11 @@ def prepare_run(
     tokenizer = AutoTokenizer.from_pretrained(out) if resume else _build_tokenizer(cfg)
     if cfg.model.task == "masked_lm" and tokenizer.mask_token is None:
         tokenizer.add_special_tokens({"mask_token": MASK_TOKEN})
-    with args.main_process_first(desc="tokenizing"):
-        train_set, eval_set = build_datasets(cfg.data, tokenizer, cfg.train.seed)
+    # Global rank 0 first, not each node's local rank 0: nodes that share a disk then share
+    # one cache entry, written once, and the other ranks read it.
+    with args.main_process_first(local=False, desc="tokenizing"):
+        data = prepare_data(cfg.data, tokenizer, cfg.train.seed)
+    train_set, eval_set = data.train, data.eval
     pairs = []
     if cfg.train.exact_match_rows:
         pairs = prompt_answer_pairs(cfg.data.eval[0], tokenizer, cfg.train.exact_match_rows)
@@ -161,7 +166,17 @@ def prepare_run(
     )
     if trainer.pop_callback(ProgressCallback) is not None:
         trainer.add_callback(ProgressBar())
-    return PreparedRun(cfg, args, trainer, tokenizer, out, resume_from, (trainable, total), pairs)
+    return PreparedRun(
+        cfg,
+        args,
+        trainer,
+        tokenizer,
+        out,
+        resume_from,
+        parameters=(trainable, total),
+        exact_match_pairs=pairs,
+        sources_tokenized=sum(not source.cached for source in data.sources),
+    )
 
 
 def execute(run: PreparedRun) -> dict[str, Any]:
@@ -190,6 +205,7 @@ def execute(run: PreparedRun) -> dict[str, Any]:
         "untrained_metrics": run.untrained_metrics,
         "peak_memory_mb_per_rank": peak_memory_per_rank(),
         "parameters_held_per_rank": gather_per_rank(_held_parameters(trainer)),
+        "sources_tokenized_per_rank": gather_per_rank(run.sources_tokenized),
     }
     if run.args.process_index == 0:
         (out / RUN_INFO).write_text(json.dumps(summary, indent=2) + "\n")
