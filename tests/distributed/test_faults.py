@@ -1,12 +1,16 @@
-"""A rank that dies or hangs ends the whole job, non-zero, within distributed.timeout_s.
+"""A rank that dies or hangs ends the whole job, non-zero, within distributed.timeout_s,
+and the job then resumes from its last complete checkpoint.
 
 SIGKILL: gloo fails the other rank's next collective at once. SIGSTOP: the other rank waits
 in a collective until the watchdog (timeout_s without progress) exits it; the deepspeed
-launcher then stops the stalled rank (SIGTERM, and SIGKILL after its 30 s grace).
+launcher then stops the stalled rank (SIGTERM, and SIGKILL after its 30 s grace). The fault
+strikes after the step-10 checkpoint is complete; `--resume` continues from the newest
+complete checkpoint to a few steps past it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -17,8 +21,9 @@ import psutil
 import pytest
 
 from finetune.distributed.watchdog import EXIT_CODE
+from finetune.train.checkpoints import latest_checkpoint
 from tests.conftest import REPO
-from tests.distributed.helpers import needs_launcher, run_config
+from tests.distributed.helpers import free_port, launch, losses, needs_launcher, run_config, tail
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed, needs_launcher]
 
@@ -29,7 +34,11 @@ BOUND_S = 60  # TIMEOUT_S + watchdog poll (2 s) + LAUNCHER_GRACE_S + slack
 
 def start_job(tmp_path: Path, port: int) -> tuple[subprocess.Popen, psutil.Process]:
     config = run_config(
-        tmp_path, "job", 5000, distributed={"zero_stage": 2, "timeout_s": TIMEOUT_S}
+        tmp_path,
+        "job",
+        5000,
+        distributed={"zero_stage": 2, "timeout_s": TIMEOUT_S},
+        output={"dir": str(tmp_path / "job" / "out"), "save_steps": 10},
     )
     job = subprocess.Popen(
         [
@@ -38,14 +47,14 @@ def start_job(tmp_path: Path, port: int) -> tuple[subprocess.Popen, psutil.Proce
         ],
         cwd=REPO,
         env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "stderr.log").open("w"),  # a pipe would fill and block the ranks
+        stdout=(tmp_path / "job.log").open("w"),  # a pipe would fill and block the ranks
+        stderr=subprocess.STDOUT,
     )
-    metrics = config.parent / "out" / "metrics.jsonl"
+    checkpoints = config.parent / "out" / "checkpoints"
     deadline = time.monotonic() + 240
-    while not metrics.exists():  # training has started on every rank
+    while latest_checkpoint(checkpoints) is None:  # training is under way on every rank
         assert job.poll() is None and time.monotonic() < deadline, log(tmp_path)
-        time.sleep(0.5)
+        time.sleep(0.2)
     ranks = [
         p
         for p in psutil.Process(job.pid).children(recursive=True)
@@ -56,7 +65,7 @@ def start_job(tmp_path: Path, port: int) -> tuple[subprocess.Popen, psutil.Proce
 
 
 def log(tmp_path: Path) -> str:
-    return (tmp_path / "stderr.log").read_text()[-3000:]
+    return (tmp_path / "job.log").read_text()[-3000:]
 
 
 def wait_for_end(job: subprocess.Popen, victim: psutil.Process) -> tuple[int, float]:
@@ -71,19 +80,37 @@ def wait_for_end(job: subprocess.Popen, victim: psutil.Process) -> tuple[int, fl
     return job.returncode, time.monotonic() - began
 
 
+def resume_after_fault(tmp_path: Path) -> None:
+    """`--resume` continues from the newest complete checkpoint, 4 steps past it."""
+    config, out = tmp_path / "job" / "run.yaml", tmp_path / "job" / "out"
+    step = int(latest_checkpoint(out / "checkpoints").name.removeprefix("checkpoint-"))
+    logged = len(losses(out))
+    result = launch(config, free_port(), 2, "--resume", "--set", f"train.max_steps={step + 4}")
+    assert result.returncode == 0, tail(result)
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["global_step"] == step + 4
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [row["step"] for row in rows if "loss" in row]
+    assert len(losses(out)) == logged + 4
+    assert steps[-4:] == [step + 1, step + 2, step + 3, step + 4]
+
+
 def test_killed_rank_ends_the_job(tmp_path: Path) -> None:
-    job, victim = start_job(tmp_path, 29761)
+    job, victim = start_job(tmp_path, free_port())
     os.kill(victim.pid, signal.SIGKILL)
     code, seconds = wait_for_end(job, victim)
     assert code != 0
     assert seconds < BOUND_S
+    assert "exits with return code = -9" in log(tmp_path)  # the launcher names the dead rank
+    resume_after_fault(tmp_path)
 
 
 def test_stopped_rank_ends_the_job(tmp_path: Path) -> None:
-    job, victim = start_job(tmp_path, 29762)
+    job, victim = start_job(tmp_path, free_port())
     os.kill(victim.pid, signal.SIGSTOP)
     code, seconds = wait_for_end(job, victim)
     assert code == EXIT_CODE, log(tmp_path)
     assert "made no training progress" in log(tmp_path)
     assert TIMEOUT_S <= seconds < BOUND_S
     assert not victim.is_running() or victim.status() == psutil.STATUS_ZOMBIE
+    resume_after_fault(tmp_path)
