@@ -224,10 +224,11 @@ def _loop(
     watchdog = Watchdog(cfg.distributed.timeout_s, dist.get_rank())
     watchdog.arm()
     began = last_time = time.monotonic()
-    last_tokens, loss = 0, float("nan")
+    last_tokens, loss, lr = 0, float("nan"), float("nan")
     for step in range(start + 1, steps + 1):
         micro_batches = [next(counted) for _ in range(accumulation)]
         loss_fn.prepare(micro_batches, engine)
+        lr = engine.lr_scheduler.get_last_lr()[0]  # the step's rate, as the Trainer logs it
         loss = engine.train_batch(data_iter=iter(micro_batches)).item()
         loss_fn.items = None
         losses.append(loss)
@@ -238,7 +239,7 @@ def _loop(
             record = {
                 "step": step,
                 "loss": sum(losses) / len(losses),
-                "learning_rate": engine.lr_scheduler.get_last_lr()[0],
+                "learning_rate": lr,
                 "tokens_per_second": round(tokens / max(now - last_time, 1e-9), 1),
                 "elapsed_s": round(now - began, 3),
             }

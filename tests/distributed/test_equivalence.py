@@ -103,6 +103,17 @@ def test_losses_match_single_process(runs: dict[str, Path]) -> None:
         assert losses(out)[:STEPS] == pytest.approx(reference, abs=LOSS_TOL), name
 
 
+def test_every_mode_logs_the_same_schedule(runs: dict[str, Path]) -> None:
+    def rates(out: Path) -> list[float]:
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        return [row["learning_rate"] for row in rows if "loss" in row]
+
+    reference = rates(runs["single"])
+    assert len(reference) == STEPS
+    for name, out in runs.items():
+        assert rates(out) == pytest.approx(reference, rel=1e-9), name
+
+
 def test_engines_and_world_sizes(runs: dict[str, Path]) -> None:
     info = {name: json.loads((out / "run_info.json").read_text()) for name, out in runs.items()}
     assert info["zero3"]["engine"] == "DeepSpeedEngine"
