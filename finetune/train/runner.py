@@ -31,6 +31,7 @@ from finetune.distributed.launch import (
     gather_per_rank,
     init_process_group,
     peak_memory_per_rank,
+    shutdown_process_group,
 )
 from finetune.distributed.watchdog import watchdog_callbacks
 from finetune.distributed.zero import gathered_parameters
@@ -82,8 +83,11 @@ def train(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> dict
     if cfg.distributed.pipeline_stages > 1:  # DeepSpeed's PipelineEngine, not the Trainer
         from finetune.train.pipeline_loop import train_pipeline
 
-        return train_pipeline(cfg, overwrite=overwrite, resume=resume)
-    return execute(prepare_run(cfg, overwrite=overwrite, resume=resume))
+        summary = train_pipeline(cfg, overwrite=overwrite, resume=resume)
+    else:
+        summary = execute(prepare_run(cfg, overwrite=overwrite, resume=resume))
+    shutdown_process_group()
+    return summary
 
 
 def prepare_run(
