@@ -39,11 +39,18 @@ def quantization_config(method: QLoraMethod) -> BitsAndBytesConfig:
     """The bitsandbytes settings that QLoRA loads (and merge re-creates) the base with."""
     if method.bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True)
+    compute_dtype = getattr(torch, method.compute_dtype)
+    # ZeRO-3 shards parameters by flattening them per dtype: packed in the compute dtype
+    # (rather than uint8) the 4-bit weights shard like every other tensor of the model.
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    storage = compute_dtype if is_deepspeed_zero3_enabled() else torch.uint8
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=method.quant_type,
         bnb_4bit_use_double_quant=method.double_quant,
-        bnb_4bit_compute_dtype=getattr(torch, method.compute_dtype),
+        bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_quant_storage=storage,
     )
 
 
