@@ -209,3 +209,24 @@ def test_slurm_batch_script_runs_one_job(tmp_path: Path) -> None:
     [argv] = calls(tmp_path, "srun")
     assert "--kill-on-bad-exit=1" in argv
     assert_trained_on_two_nodes(config.parent / "out")
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_torchrun_runs_one_job(tmp_path: Path) -> None:
+    config = run_config(tmp_path, "job", 4, distributed={"zero_stage": 3})
+    result = subprocess.run(
+        [
+            *("torchrun", "--nproc_per_node", "2", "--master_port", str(free_port())),
+            *("-m", "finetune.cli", "train", str(config)),
+        ],
+        cwd=REPO,
+        env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    info = json.loads((config.parent / "out" / "run_info.json").read_text())
+    assert info["engine"] == "DeepSpeedEngine"
+    assert_trained_on_two_nodes(config.parent / "out")
