@@ -75,6 +75,7 @@ def deepspeed_config(cfg: DistributedConfig, train: TrainConfig) -> dict[str, An
             )
         node[keys[-1]] = "auto"
     ds.setdefault("train_batch_size", "auto")
+    _gather_zero3_weights_on_save(ds, source)
     _apply_offload(ds, cfg.offload, source)
     _apply_tensor_parallel(ds, cfg.tensor_parallel, source)
     return ds
@@ -83,6 +84,22 @@ def deepspeed_config(cfg: DistributedConfig, train: TrainConfig) -> dict[str, An
 def zero_stage(ds: dict[str, Any]) -> int:
     """The ZeRO stage a DeepSpeed config asks for (0 when it names none)."""
     return int(ds.get("zero_optimization", {}).get("stage", 0))
+
+
+def _gather_zero3_weights_on_save(ds: dict[str, Any], source: str) -> None:
+    """ZeRO-3 saves a model only when its shards are gathered at save time; without that
+    the final save would be DeepSpeed's sharded checkpoint, not a Hugging Face model."""
+    if zero_stage(ds) != 3:
+        return
+    zero = ds["zero_optimization"]
+    if zero.get("stage3_gather_16bit_weights_on_model_save", True) is False:
+        raise ConfigError(
+            f"distributed.deepspeed: {source} sets zero_optimization."
+            "stage3_gather_16bit_weights_on_model_save to false; the run's final model is "
+            "an ordinary Hugging Face checkpoint, which needs the ZeRO-3 shards gathered "
+            "when it is saved. Set it to true or remove it"
+        )
+    zero["stage3_gather_16bit_weights_on_model_save"] = True
 
 
 def _apply_offload(ds: dict[str, Any], offload: OffloadConfig, source: str) -> None:

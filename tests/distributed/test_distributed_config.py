@@ -69,6 +69,19 @@ def test_file_contradicting_the_schema_is_refused(tmp_path: Path) -> None:
         )
 
 
+def test_zero3_file_gathers_weights_for_the_final_model(tmp_path: Path) -> None:
+    """A ZeRO-3 file without the gather flag still saves a Hugging Face model; a file
+    that turns it off is refused (the final save would be DeepSpeed shards only)."""
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
+    ds = deepspeed_config(DistributedConfig(deepspeed=str(path)), TrainConfig())
+    assert ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+    zero = {"stage": 3, "stage3_gather_16bit_weights_on_model_save": False}
+    path.write_text(json.dumps({"zero_optimization": zero}))
+    with pytest.raises(ConfigError, match="stage3_gather_16bit_weights_on_model_save"):
+        deepspeed_config(DistributedConfig(deepspeed=str(path)), TrainConfig())
+
+
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
