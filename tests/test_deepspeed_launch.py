@@ -50,3 +50,5 @@ def test_deepspeed_launcher_runs_two_ranks(tmp_path: Path) -> None:
     assert info["world_size"] == 2
     assert info["engine"] == "DeepSpeedEngine"
     assert info["global_step"] == 10
+    # DeepSpeed's CPU shared-memory allreduce buffers (69 MB a rank) are not left behind.
+    assert not list(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*_29731_*"))
