@@ -30,6 +30,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def zero3_file(directory: Path) -> Path:
+    """A ZeRO-3 DeepSpeed file that partitions every tensor: the default persistence
+    threshold (1e5 elements) would keep each tensor of the tiny test models whole on every
+    rank and prove nothing."""
+    path = directory / "zero3.json"
+    zero = {"stage": 3, "stage3_param_persistence_threshold": 0}
+    path.write_text(json.dumps({"zero_optimization": zero}))
+    return path
+
+
 def run_config(tmp_path: Path, name: str, steps: int = 4, **sections: Any) -> Path:
     """A tiny run (2-layer Llama, hidden 64) writing to tmp_path/name, logging every step."""
     root = tmp_path / name

@@ -31,6 +31,7 @@ from tests.distributed.helpers import (
     needs_launcher,
     run_config,
     tail,
+    zero3_file,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed, needs_launcher]
@@ -44,20 +45,7 @@ LOGIT_TOL = 1e-4
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("equivalence")
     start = initial_checkpoint(tmp)
-    zero3 = tmp / "zero3.json"
-    # The default persistence threshold (1e5) keeps every tensor of this tiny model whole;
-    # 0 partitions all of them, which is what is tested.
-    zero3.write_text(
-        json.dumps(
-            {
-                "zero_optimization": {
-                    "stage": 3,
-                    "stage3_param_persistence_threshold": 0,
-                    "stage3_gather_16bit_weights_on_model_save": True,
-                }
-            }
-        )
-    )
+    zero3 = zero3_file(tmp)
     # name: (distributed section, train section, ranks)
     modes = {
         "zero2": ({"zero_stage": 2}, {"micro_batch_size": 4}, 2),

@@ -23,7 +23,15 @@ import pytest
 from finetune.distributed.watchdog import EXIT_CODE
 from finetune.train.checkpoints import latest_checkpoint
 from tests.conftest import REPO
-from tests.distributed.helpers import free_port, launch, losses, needs_launcher, run_config, tail
+from tests.distributed.helpers import (
+    free_port,
+    launch,
+    losses,
+    needs_launcher,
+    run_config,
+    tail,
+    zero3_file,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed, needs_launcher]
 
@@ -32,14 +40,23 @@ LAUNCHER_GRACE_S = 30  # deepspeed's launcher: SIGTERM, then SIGKILL 30 s later
 BOUND_S = 60  # TIMEOUT_S + watchdog poll (2 s) + LAUNCHER_GRACE_S + slack
 
 
-def start_job(tmp_path: Path, port: int) -> tuple[subprocess.Popen, psutil.Process]:
-    config = run_config(
+def job_config(tmp_path: Path, name: str, steps: int, distributed: dict) -> Path:
+    """A tiny run with a constant learning rate (so a shorter run follows the same path),
+    saving every 10 steps."""
+    return run_config(
         tmp_path,
-        "job",
-        5000,
-        distributed={"zero_stage": 2, "timeout_s": TIMEOUT_S},
-        output={"dir": str(tmp_path / "job" / "out"), "save_steps": 10},
+        name,
+        steps,
+        distributed={**distributed, "timeout_s": TIMEOUT_S},
+        train={"micro_batch_size": 4, "lr_scheduler": "constant"},
+        output={"dir": str(tmp_path / name / "out"), "save_steps": 10},
     )
+
+
+def start_job(
+    tmp_path: Path, port: int, distributed: dict
+) -> tuple[subprocess.Popen, psutil.Process]:
+    config = job_config(tmp_path, "job", 5000, distributed)
     job = subprocess.Popen(
         [
             *("deepspeed", "--num_gpus", "2", "--master_port", str(port)),
@@ -80,8 +97,9 @@ def wait_for_end(job: subprocess.Popen, victim: psutil.Process) -> tuple[int, fl
     return job.returncode, time.monotonic() - began
 
 
-def resume_after_fault(tmp_path: Path) -> None:
-    """`--resume` continues from the newest complete checkpoint, 4 steps past it."""
+def resume_after_fault(tmp_path: Path) -> int:
+    """`--resume` continues from the newest complete checkpoint, 4 steps past it; returns
+    the step it resumed from."""
     config, out = tmp_path / "job" / "run.yaml", tmp_path / "job" / "out"
     step = int(latest_checkpoint(out / "checkpoints").name.removeprefix("checkpoint-"))
     logged = len(losses(out))
@@ -93,20 +111,30 @@ def resume_after_fault(tmp_path: Path) -> None:
     steps = [row["step"] for row in rows if "loss" in row]
     assert len(losses(out)) == logged + 4
     assert steps[-4:] == [step + 1, step + 2, step + 3, step + 4]
+    return step
 
 
 def test_killed_rank_ends_the_job(tmp_path: Path) -> None:
-    job, victim = start_job(tmp_path, free_port())
+    """Under ZeRO-3 (every tensor partitioned): save, kill, resume, and the resumed steps
+    log the losses of an uninterrupted run."""
+    zero3 = zero3_file(tmp_path)
+    job, victim = start_job(tmp_path, free_port(), {"deepspeed": str(zero3)})
     os.kill(victim.pid, signal.SIGKILL)
     code, seconds = wait_for_end(job, victim)
     assert code != 0
     assert seconds < BOUND_S
     assert "exits with return code = -9" in log(tmp_path)  # the launcher names the dead rank
-    resume_after_fault(tmp_path)
+    step = resume_after_fault(tmp_path)
+
+    uninterrupted = job_config(tmp_path, "uninterrupted", step + 4, {"deepspeed": str(zero3)})
+    result = launch(uninterrupted, free_port())
+    assert result.returncode == 0, tail(result)
+    expected = losses(uninterrupted.parent / "out")[step:]
+    assert losses(tmp_path / "job" / "out")[-4:] == pytest.approx(expected, abs=1e-5)
 
 
 def test_stopped_rank_ends_the_job(tmp_path: Path) -> None:
-    job, victim = start_job(tmp_path, free_port())
+    job, victim = start_job(tmp_path, free_port(), {"zero_stage": 2})
     os.kill(victim.pid, signal.SIGSTOP)
     code, seconds = wait_for_end(job, victim)
     assert code == EXIT_CODE, log(tmp_path)

@@ -7,7 +7,6 @@ this test is skipped.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from tests.distributed.helpers import (
     needs_launcher,
     run_config,
     tail,
+    zero3_file,
 )
 
 pytestmark = [
@@ -39,10 +39,7 @@ def test_nvme_offload_matches_one_process(tmp_path: Path) -> None:
     single = run_config(tmp_path, "single", STEPS, **start)
     result = run_cli("train", str(single))
     assert result.returncode == 0, result.stderr[-3000:]
-    zero3 = tmp_path / "zero3.json"
-    zero3.write_text(
-        json.dumps({"zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0}})
-    )
+    zero3 = zero3_file(tmp_path)
     swap = tmp_path / "nvme"
     swap.mkdir()
     offload = {"optimizer": "nvme", "params": "nvme", "nvme_path": str(swap)}

@@ -29,6 +29,7 @@ from tests.distributed.helpers import (
     needs_launcher,
     run_config,
     tail,
+    zero3_file,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed, needs_launcher]
@@ -42,13 +43,6 @@ METHODS = {
     "lora": {"type": "lora", "rank": 4, "target_modules": "all-linear"},
     "qlora": {"type": "qlora", "rank": 4, "target_modules": "all-linear"},
 }
-ZERO3 = {
-    "zero_optimization": {
-        "stage": 3,
-        "stage3_param_persistence_threshold": 0,
-        "stage3_gather_16bit_weights_on_model_save": True,
-    }
-}
 SHARDED = {
     "lora_zero2": ("lora", {"zero_stage": 2}),
     "lora_zero3_offload": ("lora", {"offload": {"optimizer": "cpu", "params": "cpu"}}),
@@ -61,8 +55,7 @@ SHARDED = {
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("zero_methods")
     start = initial_checkpoint(tmp)
-    zero3 = tmp / "zero3.json"
-    zero3.write_text(json.dumps(ZERO3))
+    zero3 = zero3_file(tmp)
     outs = {}
     for method, section in METHODS.items():
         config = run_config(tmp, method, STEPS, method=section, **start)
@@ -127,13 +120,13 @@ def test_zero3_adapter_merges(runs: dict[str, Path], tmp_path: Path) -> None:
 def test_zero3_lora_on_a_new_model_saves_its_whole_base(tmp_path: Path) -> None:
     """LoRA on a model built from scratch keeps its random base in base_model/: under ZeRO-3
     that base is partitioned when it is saved, and must be gathered first."""
-    (tmp_path / "zero3.json").write_text(json.dumps(ZERO3))
+    zero3 = zero3_file(tmp_path)
     config = run_config(
         tmp_path,
         "scratch",
         2,
         method=METHODS["lora"],
-        distributed={"deepspeed": str(tmp_path / "zero3.json")},
+        distributed={"deepspeed": str(zero3)},
         train={"micro_batch_size": 4},
     )
     result = launch(config, free_port())
