@@ -1,4 +1,5 @@
-"""LoRA and QLoRA under ZeRO-2 and ZeRO-3 train as they do in one process.
+"""LoRA and QLoRA (4-bit, and 8-bit under ZeRO-3) under ZeRO-2 and ZeRO-3 train as they do
+in one process.
 
 Each sharded run (2 ranks, 4 rows each) starts from the same saved checkpoint, data and
 global batch (8 rows) as a single-process run of the same method, and must log the same
@@ -42,12 +43,14 @@ ADAPTER = "adapter_model.safetensors"
 METHODS = {
     "lora": {"type": "lora", "rank": 4, "target_modules": "all-linear"},
     "qlora": {"type": "qlora", "rank": 4, "target_modules": "all-linear"},
+    "qlora_8bit": {"type": "qlora", "bits": 8, "rank": 4, "target_modules": "all-linear"},
 }
 SHARDED = {
     "lora_zero2": ("lora", {"zero_stage": 2}),
     "lora_zero3_offload": ("lora", {"offload": {"optimizer": "cpu", "params": "cpu"}}),
     "qlora_zero2": ("qlora", {"zero_stage": 2}),
     "qlora_zero3": ("qlora", {}),
+    "qlora_8bit_zero3": ("qlora_8bit", {}),
 }
 
 
@@ -90,7 +93,7 @@ def test_losses_match_one_process(runs: dict[str, Path], name: str) -> None:
     assert losses(runs[name]) == pytest.approx(reference, abs=LOSS_TOL)
 
 
-@pytest.mark.parametrize("name", ["lora_zero3_offload", "qlora_zero3"])
+@pytest.mark.parametrize("name", ["lora_zero3_offload", "qlora_zero3", "qlora_8bit_zero3"])
 def test_zero3_partitions_the_frozen_base(runs: dict[str, Path], name: str) -> None:
     info = json.loads((runs[name] / "run_info.json").read_text())
     held = info["parameters_held_per_rank"]
@@ -100,7 +103,7 @@ def test_zero3_partitions_the_frozen_base(runs: dict[str, Path], name: str) -> N
         assert rank["shard_numel"] > 0
 
 
-@pytest.mark.parametrize("name", ["lora_zero3_offload", "qlora_zero3"])
+@pytest.mark.parametrize("name", ["lora_zero3_offload", "qlora_zero3", "qlora_8bit_zero3"])
 def test_zero3_adapter_holds_the_trained_weights(runs: dict[str, Path], name: str) -> None:
     saved = load_file(runs[name] / ADAPTER)
     reference = load_file(runs[SHARDED[name][0]] / ADAPTER)
