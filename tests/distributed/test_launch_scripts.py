@@ -59,7 +59,7 @@ def test_two_no_ssh_nodes_run_one_job(tmp_path: Path) -> None:
     # The deepspeed launcher refuses one name twice: two names for this machine.
     hostfile.write_text("localhost slots=1\n127.0.0.1 slots=1\n")
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "MASTER_ADDR": "127.0.0.1"}
-    env["MASTER_PORT"] = "29771"
+    env["MASTER_PORT"] = str(free_port())
     nodes = [
         subprocess.Popen(
             [str(SCRIPTS / "launch_node.sh"), str(hostfile), str(config)],
