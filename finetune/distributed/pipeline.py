@@ -20,6 +20,7 @@ from transformers import PreTrainedModel
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
 from finetune.errors import ConfigError
+from finetune.models.compat import mask_cache_arg
 
 TIED_KEY = "embed_tokens"
 Activations = tuple[torch.Tensor, torch.Tensor]  # (hidden_states, attention_mask)
@@ -66,8 +67,8 @@ class DecoderLayerPipe(nn.Module):
             config=self.config,
             inputs_embeds=hidden_states,
             attention_mask=attention_mask,
-            past_key_values=None,
             position_ids=position_ids,
+            **mask_cache_arg(None),
         )
         position_embeddings = None
         if self.rotary_emb is not None:
@@ -77,7 +78,6 @@ class DecoderLayerPipe(nn.Module):
             attention_mask=causal_mask,
             position_embeddings=position_embeddings,
             position_ids=position_ids,
-            past_key_values=None,
             use_cache=False,
         )
         return hidden_states, attention_mask

@@ -64,7 +64,7 @@ class TransformerConfig(PreTrainedConfig):
         eos_token_id: End-of-sequence token id(s).
     """
 
-    keys_to_ignore_at_inference: ClassVar[list[str]] = ["past_key_values"]
+    keys_to_ignore_at_inference: ClassVar[list[str]] = ["cache", "past_key_values"]
 
     vocab_size: int = 32000
     hidden_size: int = 768

@@ -318,7 +318,7 @@ class Attention(nn.Module):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         key_value_states: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -328,7 +328,7 @@ class Attention(nn.Module):
             hidden_states: (batch, q_len, hidden_size).
             attention_mask: Mask prepared by `transformers.masking_utils` for the active kernel.
             position_embeddings: Rotary (cos, sin), each (batch, q_len, head_dim); self-attention.
-            past_key_values: A `Cache`, or an `EncoderDecoderCache` in seq2seq decoders.
+            cache: A `Cache`, or an `EncoderDecoderCache` in seq2seq decoders.
             key_value_states: Encoder output (batch, kv_len, hidden_size) for cross-attention.
 
         Returns:
@@ -341,18 +341,16 @@ class Attention(nn.Module):
         )
 
         if self.is_cross_attention:
-            key_states, value_states = self._cross_key_values(key_value_states, past_key_values)
+            key_states, value_states = self._cross_key_values(key_value_states, cache)
         else:
             key_states, value_states = self._project_key_values(hidden_states)
             if position_embeddings is not None:
                 cos, sin = position_embeddings
                 query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
-            if past_key_values is not None:
-                if isinstance(past_key_values, EncoderDecoderCache):
-                    past_key_values = past_key_values.self_attention_cache
-                key_states, value_states = past_key_values.update(
-                    key_states, value_states, self.layer_idx
-                )
+            if cache is not None:
+                if isinstance(cache, EncoderDecoderCache):
+                    cache = cache.self_attention_cache
+                key_states, value_states = cache.update(key_states, value_states, self.layer_idx)
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
@@ -380,18 +378,18 @@ class Attention(nn.Module):
         return key_states, value_states
 
     def _cross_key_values(
-        self, encoder_states: torch.Tensor | None, past_key_values: Cache | None
+        self, encoder_states: torch.Tensor | None, cache: Cache | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values over the encoder output, projected once and then read from the cache."""
-        if isinstance(past_key_values, EncoderDecoderCache):
-            cross_cache = past_key_values.cross_attention_cache
+        if isinstance(cache, EncoderDecoderCache):
+            cross_cache = cache.cross_attention_cache
             # The encoder output does not change while decoding: project it on the first step only
-            if past_key_values.is_updated.get(self.layer_idx):
+            if cache.is_updated.get(self.layer_idx):
                 layer = cross_cache.layers[self.layer_idx]
                 return layer.keys, layer.values
             key_states, value_states = self._project_key_values(encoder_states)
             key_states, value_states = cross_cache.update(key_states, value_states, self.layer_idx)
-            past_key_values.is_updated[self.layer_idx] = True
+            cache.is_updated[self.layer_idx] = True
             return key_states, value_states
         return self._project_key_values(encoder_states)
 
@@ -429,7 +427,7 @@ class TransformerLayer(GradientCheckpointingLayer):
         encoder_hidden_states: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> torch.Tensor:
         """Run the block on (batch, seq, hidden_size) states; returns the same shape."""
@@ -439,7 +437,7 @@ class TransformerLayer(GradientCheckpointingLayer):
                 states,
                 attention_mask=attention_mask,
                 position_embeddings=position_embeddings,
-                past_key_values=past_key_values,
+                cache=cache,
                 **kwargs,
             )[0]
 
@@ -449,7 +447,7 @@ class TransformerLayer(GradientCheckpointingLayer):
             return self.cross_attn(
                 states,
                 attention_mask=encoder_attention_mask,
-                past_key_values=past_key_values,
+                cache=cache,
                 key_value_states=encoder_hidden_states,
                 **cross_kwargs,
             )[0]

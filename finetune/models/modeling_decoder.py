@@ -21,6 +21,7 @@ from transformers.utils import TransformersKwargs, can_return_tuple
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
+from .compat import cache_field, mask_cache_arg, output_cache, resolve_cache
 from .configuration_decoder import FinetuneDecoderConfig
 from .layers import (
     Attention,
@@ -43,7 +44,7 @@ class FinetuneDecoderPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules: ClassVar[list[str]] = ["TransformerLayer"]
-    _skip_keys_device_placement: ClassVar[list[str]] = ["past_key_values"]
+    _skip_keys_device_placement: ClassVar[list[str]] = ["cache", "past_key_values"]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -85,9 +86,10 @@ class FinetuneDecoderModel(FinetuneDecoderPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
+        past_key_values: Cache | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPast:
         """Run the stack.
@@ -97,9 +99,11 @@ class FinetuneDecoderModel(FinetuneDecoderPreTrainedModel):
             attention_mask: 1 for real tokens, 0 for padding, (batch, past + seq).
             position_ids: (batch, seq). Positions restarting at 0 inside a row mark packed
                 samples, which then do not attend to each other (when `attention_mask` is None).
-            past_key_values: Cache from earlier steps.
+            cache: Cache from earlier steps.
             inputs_embeds: Token embeddings instead of `input_ids`, (batch, seq, hidden_size).
             use_cache: Return a cache (defaults to `config.use_cache`).
+            past_key_values: The cache's name before transformers 5.24 (`generate` passes it
+                so there); either name works under every release.
 
         Returns:
             `BaseModelOutputWithPast` with `last_hidden_state` (batch, seq, hidden_size).
@@ -108,9 +112,10 @@ class FinetuneDecoderModel(FinetuneDecoderPreTrainedModel):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
+        cache = resolve_cache(cache, past_key_values)
 
         if position_ids is None:
-            past_seen = past_key_values.get_seq_length() if past_key_values is not None else 0
+            past_seen = cache.get_seq_length() if cache is not None else 0
             position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device)
             position_ids = (position_ids + past_seen).unsqueeze(0)  # (1, seq)
 
@@ -124,11 +129,11 @@ class FinetuneDecoderModel(FinetuneDecoderPreTrainedModel):
             config=self.config,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
             position_ids=position_ids,
+            **mask_cache_arg(cache),
         )
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
 
         hidden_states = scale_and_position(
             inputs_embeds, position_ids, self.embed_positions, self.embed_scale
@@ -146,15 +151,13 @@ class FinetuneDecoderModel(FinetuneDecoderPreTrainedModel):
                 attention_mask=causal_mask,
                 position_embeddings=position_embeddings,
                 position_ids=position_ids,
-                past_key_values=past_key_values,
+                cache=cache,
                 use_cache=use_cache,
                 **kwargs,
             )
 
         hidden_states = self.norm(hidden_states)
-        return BaseModelOutputWithPast(
-            last_hidden_state=hidden_states, past_key_values=past_key_values
-        )
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, **cache_field(cache))
 
 
 class FinetuneDecoderForCausalLM(FinetuneDecoderPreTrainedModel, GenerationMixin):
@@ -177,18 +180,19 @@ class FinetuneDecoderForCausalLM(FinetuneDecoderPreTrainedModel, GenerationMixin
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        past_key_values: Cache | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> CausalLMOutputWithPast:
         """Next-token logits, and the loss when `labels` are given.
 
         Args:
-            input_ids, attention_mask, position_ids, past_key_values, inputs_embeds, use_cache:
-                As in `FinetuneDecoderModel.forward`.
+            input_ids, attention_mask, position_ids, cache, inputs_embeds, use_cache,
+                past_key_values: As in `FinetuneDecoderModel.forward`.
             labels: Token ids (batch, seq), -100 where no loss is wanted. They are the inputs
                 themselves: the shift by one happens inside the loss.
             logits_to_keep: Only compute logits for the last this-many positions (0 = all), or
@@ -201,7 +205,7 @@ class FinetuneDecoderForCausalLM(FinetuneDecoderPreTrainedModel, GenerationMixin
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=resolve_cache(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
@@ -217,9 +221,9 @@ class FinetuneDecoderForCausalLM(FinetuneDecoderPreTrainedModel, GenerationMixin
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+            **cache_field(output_cache(outputs)),
         )
 
 

@@ -31,6 +31,7 @@ from transformers.utils import TransformersKwargs, can_return_tuple
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
+from .compat import cache_field, mask_cache_arg, output_cache, resolve_cache
 from .configuration_seq2seq import FinetuneSeq2SeqConfig
 from .layers import (
     Attention,
@@ -76,7 +77,7 @@ class FinetuneSeq2SeqPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules: ClassVar[list[str]] = ["TransformerLayer"]
-    _skip_keys_device_placement: ClassVar[list[str]] = ["past_key_values"]
+    _skip_keys_device_placement: ClassVar[list[str]] = ["cache", "past_key_values"]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -214,9 +215,10 @@ class FinetuneSeq2SeqDecoder(FinetuneSeq2SeqPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
+        past_key_values: Cache | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPastAndCrossAttentions:
         """Decode, attending to the encoder output.
@@ -226,9 +228,10 @@ class FinetuneSeq2SeqDecoder(FinetuneSeq2SeqPreTrainedModel):
             attention_mask: Decoder padding mask, (batch, past + tgt_len).
             encoder_hidden_states: Encoder output, (batch, src_len, hidden_size).
             encoder_attention_mask: Source padding mask, (batch, src_len).
-            past_key_values: An `EncoderDecoderCache` from earlier steps.
+            cache: An `EncoderDecoderCache` from earlier steps.
             inputs_embeds: Embeddings instead of `input_ids`, (batch, tgt_len, hidden_size).
             use_cache: Return a cache (defaults to `config.use_cache`).
+            past_key_values: The cache's name before transformers 5.24; either name works.
 
         Returns:
             `BaseModelOutputWithPastAndCrossAttentions`; last_hidden_state (batch, tgt_len, hidden).
@@ -239,14 +242,13 @@ class FinetuneSeq2SeqDecoder(FinetuneSeq2SeqPreTrainedModel):
             )
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        if use_cache and past_key_values is None:
+        cache = resolve_cache(cache, past_key_values)
+        if use_cache and cache is None:
             # No config: the decoder depth may differ from num_hidden_layers; layers come lazily
-            past_key_values = EncoderDecoderCache(DynamicCache(), DynamicCache())
+            cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
 
         self_attn_cache = (
-            past_key_values.self_attention_cache
-            if isinstance(past_key_values, EncoderDecoderCache)
-            else past_key_values
+            cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
         )
         past_seen = self_attn_cache.get_seq_length() if self_attn_cache is not None else 0
         position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device)
@@ -256,7 +258,7 @@ class FinetuneSeq2SeqDecoder(FinetuneSeq2SeqPreTrainedModel):
             config=self.config,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
-            past_key_values=self_attn_cache,
+            **mask_cache_arg(self_attn_cache),
         )
         encoder_mask = create_bidirectional_mask(
             config=self.config,
@@ -284,12 +286,12 @@ class FinetuneSeq2SeqDecoder(FinetuneSeq2SeqPreTrainedModel):
                 encoder_hidden_states,
                 encoder_attention_mask=encoder_mask,
                 position_embeddings=position_embeddings,
-                past_key_values=past_key_values,
+                cache=cache,
                 use_cache=use_cache,
                 **kwargs,
             )
         return BaseModelOutputWithPastAndCrossAttentions(
-            last_hidden_state=self.norm(hidden_states), past_key_values=past_key_values
+            last_hidden_state=self.norm(hidden_states), **cache_field(cache)
         )
 
 
@@ -324,10 +326,11 @@ class FinetuneSeq2SeqModel(FinetuneSeq2SeqPreTrainedModel):
         decoder_input_ids: torch.LongTensor | None = None,
         decoder_attention_mask: torch.Tensor | None = None,
         encoder_outputs: BaseModelOutput | tuple[torch.Tensor, ...] | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         decoder_inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
+        past_key_values: Cache | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> Seq2SeqModelOutput:
         """Encode the source (unless `encoder_outputs` is given), then decode.
@@ -338,7 +341,7 @@ class FinetuneSeq2SeqModel(FinetuneSeq2SeqPreTrainedModel):
                 neither ids nor embeddings are given, `input_ids` shifted right are used
                 (BART's denoising default).
             encoder_outputs: Precomputed encoder output (generation computes it once).
-            past_key_values, use_cache: See `FinetuneSeq2SeqDecoder`.
+            cache, use_cache, past_key_values: See `FinetuneSeq2SeqDecoder`.
 
         Returns:
             `Seq2SeqModelOutput`.
@@ -371,14 +374,14 @@ class FinetuneSeq2SeqModel(FinetuneSeq2SeqPreTrainedModel):
             attention_mask=decoder_attention_mask,
             encoder_hidden_states=encoder_outputs.last_hidden_state,
             encoder_attention_mask=attention_mask,
-            past_key_values=past_key_values,
+            cache=resolve_cache(cache, past_key_values),
             inputs_embeds=decoder_inputs_embeds,
             use_cache=use_cache,
             **kwargs,
         )
         return Seq2SeqModelOutput(
             last_hidden_state=decoder_outputs.last_hidden_state,
-            past_key_values=decoder_outputs.past_key_values,
+            **cache_field(output_cache(decoder_outputs)),
             decoder_hidden_states=decoder_outputs.hidden_states,
             decoder_attentions=decoder_outputs.attentions,
             cross_attentions=decoder_outputs.cross_attentions,
@@ -430,19 +433,20 @@ class FinetuneSeq2SeqForConditionalGeneration(FinetuneSeq2SeqPreTrainedModel, Ge
         decoder_input_ids: torch.LongTensor | None = None,
         decoder_attention_mask: torch.Tensor | None = None,
         encoder_outputs: BaseModelOutput | tuple[torch.Tensor, ...] | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         decoder_inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
+        past_key_values: Cache | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> Seq2SeqLMOutput:
         """Target-token logits, and the loss when `labels` are given.
 
         Args:
             input_ids, attention_mask, decoder_input_ids, decoder_attention_mask,
-            encoder_outputs, past_key_values, inputs_embeds, decoder_inputs_embeds, use_cache:
-                As in `FinetuneSeq2SeqModel.forward`.
+            encoder_outputs, cache, inputs_embeds, decoder_inputs_embeds, use_cache,
+                past_key_values: As in `FinetuneSeq2SeqModel.forward`.
             labels: Target ids, (batch, tgt_len), -100 where no loss is wanted. Without decoder
                 inputs, they are shifted right behind `decoder_start_token_id` to make them.
 
@@ -460,7 +464,7 @@ class FinetuneSeq2SeqForConditionalGeneration(FinetuneSeq2SeqPreTrainedModel, Ge
             decoder_input_ids=decoder_input_ids,
             decoder_attention_mask=decoder_attention_mask,
             encoder_outputs=encoder_outputs,
-            past_key_values=past_key_values,
+            cache=resolve_cache(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             decoder_inputs_embeds=decoder_inputs_embeds,
             use_cache=use_cache,
@@ -483,7 +487,7 @@ class FinetuneSeq2SeqForConditionalGeneration(FinetuneSeq2SeqPreTrainedModel, Ge
         return Seq2SeqLMOutput(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            **cache_field(output_cache(outputs)),
             decoder_hidden_states=outputs.decoder_hidden_states,
             decoder_attentions=outputs.decoder_attentions,
             cross_attentions=outputs.cross_attentions,

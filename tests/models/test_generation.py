@@ -7,6 +7,7 @@ import torch
 from transformers import set_seed
 
 from finetune.models import FinetuneDecoderForCausalLM, FinetuneSeq2SeqForConditionalGeneration
+from finetune.models.compat import output_cache
 from finetune.models.convert import decoder_from_hf, seq2seq_from_bart
 
 from . import tiny
@@ -68,13 +69,15 @@ def test_decoder_cached_equals_uncached(positions: str) -> None:
     uncached = model.generate(input_ids=ids, attention_mask=mask, use_cache=False, **GREEDY)
     torch.testing.assert_close(cached, uncached, rtol=0, atol=0)
 
-    # The step logits agree too, not only the argmax
+    # The step logits agree too, not only the argmax, with the cache passed under either name
+    # (`cache` from transformers 5.24 on, `past_key_values` before)
     ids = tiny.token_ids(1, 9)
-    with torch.no_grad():
-        full = model(input_ids=ids).logits[:, -1]
-        prefix = model(input_ids=ids[:, :-1], use_cache=True)
-        step = model(input_ids=ids[:, -1:], past_key_values=prefix.past_key_values).logits[:, -1]
-    torch.testing.assert_close(step, full)
+    for name in ("cache", "past_key_values"):
+        with torch.no_grad():
+            full = model(input_ids=ids).logits[:, -1]
+            prefix = output_cache(model(input_ids=ids[:, :-1], use_cache=True))
+            step = model(input_ids=ids[:, -1:], **{name: prefix}).logits[:, -1]
+        torch.testing.assert_close(step, full, msg=name)
 
 
 def test_seq2seq_cached_equals_uncached() -> None:
