@@ -8,6 +8,9 @@ on the whole prefix, and the generated tokens differ from step to step.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 
 from . import tiny
@@ -63,3 +66,41 @@ def _train(model: torch.nn.Module, steps: int, seed: int, make_batch) -> torch.n
     # Guards the premise of the tests that use these models: they learned something
     assert losses[-1] < 0.6 * losses[0], losses
     return model.eval()
+
+
+# What `save_generation_cases` compares: the greedy and beam tokens of each saved model
+CASE_MODES = {"greedy": {"do_sample": False}, "beam": {"do_sample": False, "num_beams": 3}}
+
+
+def save_generation_cases(root: str | Path) -> list[str]:
+    """Train a decoder and a seq2seq model, save each with its prompts and generated tokens.
+
+    Each folder gets the model (with its remote code), `inputs.pt`, `case.json` (the Auto
+    class and generation options) and `expected_tokens.pt`, generated here by finetune's own
+    classes: what a remote-code load under any transformers release must reproduce.
+    """
+    from finetune.models import FinetuneDecoderForCausalLM, FinetuneSeq2SeqForConditionalGeneration
+
+    tiny.seeded()
+    decoder = train_causal_lm(FinetuneDecoderForCausalLM(tiny.decoder_config()))
+    tiny.seeded()
+    seq2seq = train_seq2seq(FinetuneSeq2SeqForConditionalGeneration(tiny.seq2seq_config()))
+    cases = [
+        ("decoder", "AutoModelForCausalLM", decoder, prompts([5, 9, 7])),
+        ("seq2seq", "AutoModelForSeq2SeqLM", seq2seq, prompts([8, 5, 8])),
+    ]
+    folders = []
+    for name, auto_class, model, (ids, mask) in cases:
+        folder = Path(root) / name
+        model.save_pretrained(folder)
+        inputs = {"input_ids": ids, "attention_mask": mask}
+        options = {"max_new_tokens": 24, "pad_token_id": tiny.PAD}
+        expected = {
+            mode: model.generate(**inputs, **options, **extra) for mode, extra in CASE_MODES.items()
+        }
+        torch.save(inputs, folder / "inputs.pt")
+        torch.save(expected, folder / "expected_tokens.pt")
+        case = {"auto_class": auto_class, "options": options, "modes": CASE_MODES}
+        (folder / "case.json").write_text(json.dumps(case))
+        folders.append(str(folder))
+    return folders
