@@ -253,6 +253,16 @@ def estimate(
     click.echo(format_estimate(total, largest, rows, gpu_memory_gb))
 
 
+@cli.command("env")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def env_command(as_json: bool) -> None:
+    """Print versions, devices and CPU features for a bug report."""
+    from finetune.environment import collect, format_report
+
+    report = collect()
+    click.echo(json.dumps(report, indent=2) if as_json else format_report(report), nl=as_json)
+
+
 @cli.group("config")
 def config_group() -> None:
     """Inspect the run schema."""
