@@ -7,8 +7,10 @@ bitsandbytes' backend) report their error instead of raising it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+import sys
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
@@ -130,7 +132,9 @@ def _probe(fn: Callable[[], dict[str, Any]], package: str) -> dict[str, Any] | s
     if package_version(package) == "not installed":
         return "not installed"
     try:
-        return fn()
+        # Libraries log to stdout on import (DeepSpeed's accelerator line): keep it for the report
+        with contextlib.redirect_stdout(sys.stderr):
+            return fn()
     except Exception as err:  # the report must come out even when a library is broken
         return f"error: {type(err).__name__}: {err}"
 
