@@ -33,3 +33,9 @@ class OutputDirError(FinetuneError):
     """The output directory cannot be used as asked (it exists, or holds no checkpoint)."""
 
     exit_code = 2
+
+
+class TrainingDiverged(FinetuneError):
+    """The loss or gradient norm became NaN or infinite: the run stopped before saving it."""
+
+    exit_code = 4

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from finetune.methods.base import checkpoint_path
 from tests.conftest import REPO, run_cli
@@ -91,3 +93,24 @@ def test_smollm2_lora_example_runs(smollm2: Path, tmp_path: Path) -> None:
     assert info["metrics"]["eval_loss"] < 0.8 * before
     adapter = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
     assert adapter["r"] == 16 and adapter["base_model_name_or_path"] == str(smollm2)
+
+
+@pytest.mark.slow
+def test_converted_smollm2_generates_like_llama(smollm2: Path, tmp_path: Path) -> None:
+    # Equal logits on a full forward are not enough: a dropped cache only shows when generating
+    result = run_cli("convert", str(smollm2), "--out", str(tmp_path / "decoder"), "--to", "decoder")
+    assert result.returncode == 0, result.stderr[-3000:]
+    tokenizer = AutoTokenizer.from_pretrained(smollm2)
+    prompts = ["The capital of France is", "Write the numbers from one to ten:"]
+    tokenizer.padding_side = "left"
+    inputs = tokenizer(prompts, return_tensors="pt", padding=True)
+    options = {"do_sample": False, "max_new_tokens": 24, "pad_token_id": tokenizer.pad_token_id}
+    outputs = []
+    for path in (smollm2, tmp_path / "decoder"):
+        model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True).eval()
+        outputs.append(model.generate(**inputs, **options))
+    reference, ours = outputs
+    assert type(model).__name__ == "FinetuneDecoderForCausalLM"
+    assert reference.shape[1] == inputs["input_ids"].shape[1] + 24  # no early stop: 24 compared
+    assert len(set(reference[0, -24:].tolist())) > 5  # real text, not a repeated token
+    torch.testing.assert_close(ours, reference, rtol=0, atol=0)

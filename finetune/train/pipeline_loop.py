@@ -40,6 +40,7 @@ from finetune.distributed.watchdog import Watchdog
 from finetune.methods import load_base_model
 from finetune.preflight import preflight
 from finetune.train.checkpoints import latest_checkpoint, mark_complete, resume_checkpoint
+from finetune.train.divergence import diverged
 from finetune.train.output import (
     CHECKPOINTS,
     METRICS,
@@ -231,6 +232,8 @@ def _loop(
         lr = engine.lr_scheduler.get_last_lr()[0]  # the step's rate, as the Trainer logs it
         loss = engine.train_batch(data_iter=iter(micro_batches)).item()
         loss_fn.items = None
+        if not math.isfinite(loss):  # the same on every rank: the engine reduces it
+            raise diverged(step, "loss", loss)
         losses.append(loss)
         watchdog.beat()
         if step % cfg.logging.steps == 0 or step == steps:

@@ -48,6 +48,7 @@ from finetune.train.callbacks import (
     ProgressBar,
 )
 from finetune.train.checkpoints import resume_checkpoint
+from finetune.train.divergence import DivergenceGuard, GuardedTrainer
 from finetune.train.output import (
     BASE_MODEL,
     MERGED,
@@ -150,7 +151,7 @@ def prepare_run(
         "trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / total
     )
 
-    trainer = Trainer(
+    trainer = GuardedTrainer(
         model=model,
         args=args,
         train_dataset=train_set,
@@ -162,6 +163,7 @@ def prepare_run(
         callbacks=[
             MetricsLogger(out / METRICS),
             CheckpointMarker(),
+            DivergenceGuard(),
             HeldParameters(),
             *watchdog_callbacks(cfg.distributed),
             *hub_callbacks(cfg.hub, out),
