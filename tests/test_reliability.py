@@ -43,3 +43,28 @@ def test_non_finite_numbers_are_config_errors(value: str) -> None:
     result = run_cli("validate", "configs/examples/quickstart.yaml", "--set", f"train.lr={value}")
     assert result.returncode == 2
     assert "train.lr: Input should be a finite number" in result.stderr
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["model.config.num_attention_heads=5", "model.config.ffn=swiglu2"],
+    ids=["model-cannot-be-built", "invalid-model-field"],
+)
+def test_overwrite_with_a_bad_model_keeps_the_earlier_run(tmp_path: Path, bad: str) -> None:
+    out = tmp_path / "out"
+    short = [*QUICK, "--set", "train.max_steps=4", "--set", "output.save_steps=2"]
+    first = run_cli("train", *short, "--set", f"output.dir={out}")
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = _snapshot(out)
+    assert "model.safetensors" in before and "checkpoints/checkpoint-4/finetune_complete" in before
+
+    result = run_cli("train", *short, "--set", f"output.dir={out}", "--overwrite", "--set", bad)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert _snapshot(out) == before  # every file of the earlier run, byte for byte
+    assert not any(p.name.endswith(".replaced") for p in tmp_path.iterdir())

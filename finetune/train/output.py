@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from finetune.errors import OutputDirError
@@ -18,7 +20,7 @@ MERGED = "merged"  # the adapter merged into its base (train.merge_adapter)
 def check_output_dir(path: Path, overwrite: bool, resume: bool) -> None:
     """Refuse to start in an existing, non-empty directory unless asked to.
 
-    Nothing is deleted here: `clear_output_dir` does that, once the data has passed.
+    Nothing is deleted here: `replacing` does that, once the new run is built.
 
     Raises:
         OutputDirError: the directory exists and neither flag allows it, or `--overwrite`
@@ -46,8 +48,29 @@ def check_output_dir(path: Path, overwrite: bool, resume: bool) -> None:
         )
 
 
-def clear_output_dir(path: Path) -> None:
-    """Empty a previous run's output directory (after `check_output_dir` allowed it)."""
-    if path.exists():
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
+@contextmanager
+def replacing(path: Path, overwrite: bool, is_main: bool) -> Iterator[None]:
+    """Move an earlier run aside while a new one is set up in `path`; delete it only once the
+    block has succeeded, and put it back if the block raises.
+
+    With `--overwrite`, a config whose model or method cannot be built must not cost the
+    user the earlier run. A process killed inside the block leaves the earlier run in
+    `.NAME.replaced` beside `path`. Only the main process moves files; call it on every rank.
+    """
+    aside = path.with_name(f".{path.name}.replaced")
+    moved = overwrite and is_main and path.exists()
+    if moved:
+        if aside.exists():
+            shutil.rmtree(aside)
+        path.rename(aside)
+    if is_main:
+        path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        if moved:
+            shutil.rmtree(path, ignore_errors=True)
+            aside.rename(path)
+        raise
+    if moved:
+        shutil.rmtree(aside)

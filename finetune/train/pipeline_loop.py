@@ -47,7 +47,7 @@ from finetune.train.output import (
     RUN_CONFIG,
     RUN_INFO,
     check_output_dir,
-    clear_output_dir,
+    replacing,
 )
 
 logger = logging.getLogger(__name__)
@@ -71,16 +71,13 @@ def train_pipeline(cfg: RunConfig, overwrite: bool = False, resume: bool = False
 
     tokenizer = AutoTokenizer.from_pretrained(out) if resume else _build_tokenizer(cfg)
     train_set, eval_set = _datasets(cfg, tokenizer, rank)
-    if rank == 0:
-        if overwrite:
-            clear_output_dir(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / RUN_CONFIG).write_text(dump_config(cfg))
-        tokenizer.save_pretrained(str(out))
-    dist.barrier()
-
-    set_seed(cfg.train.seed)  # the same initial weights as a single-process run
-    model = load_base_model(cfg.model, tokenizer)
+    with replacing(out, overwrite, is_main=rank == 0):
+        if rank == 0:
+            (out / RUN_CONFIG).write_text(dump_config(cfg))
+            tokenizer.save_pretrained(str(out))
+        dist.barrier()
+        set_seed(cfg.train.seed)  # the same initial weights as a single-process run
+        model = load_base_model(cfg.model, tokenizer)
     model.config.use_cache = False
 
     loss_fn = _GlobalTokenMean(model)

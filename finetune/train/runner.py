@@ -56,7 +56,7 @@ from finetune.train.output import (
     RUN_CONFIG,
     RUN_INFO,
     check_output_dir,
-    clear_output_dir,
+    replacing,
 )
 
 logger = logging.getLogger(__name__)
@@ -130,22 +130,12 @@ def prepare_run(
     if cfg.train.exact_match_rows:
         pairs = prompt_answer_pairs(cfg.data.eval[0], tokenizer, cfg.train.exact_match_rows)
 
-    if args.process_index == 0:
-        if overwrite:
-            clear_output_dir(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / RUN_CONFIG).write_text(dump_config(cfg))
-        tokenizer.save_pretrained(str(out))
-    _barrier()
-
-    set_seed(cfg.train.seed)  # new weights and adapters are drawn from the run's seed
-    quantize = cfg.method if cfg.method.type == "qlora" else None
-    labels = getattr(cfg.data.train[0].format, "labels", None)  # classification classes
-    model = load_base_model(cfg.model, tokenizer, quantize, labels)
-    if cfg.method.type != "full" and cfg.model.architecture is not None:
-        _save_new_base(model, out / BASE_MODEL, args.process_index == 0)
-    model = apply_method(model, cfg.method, cfg.train.gradient_checkpointing, cfg.model.task)
-    model.config.use_cache = False  # a cache would disable packed-sequence masking
+    with replacing(out, overwrite, is_main=args.process_index == 0):
+        if args.process_index == 0:
+            (out / RUN_CONFIG).write_text(dump_config(cfg))
+            tokenizer.save_pretrained(str(out))
+        _barrier()
+        model = _build_model(cfg, tokenizer, out, args.process_index == 0)
     trainable, total = trainable_parameters(model)
     logger.info(
         "trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / total
@@ -220,6 +210,21 @@ def execute(run: PreparedRun) -> dict[str, Any]:
         if run.cfg.hub.push_to_hub:  # publish the saved output directory (rank 0 only)
             push_trained(out, run.cfg.hub)
     return summary
+
+
+def _build_model(
+    cfg: RunConfig, tokenizer: PreTrainedTokenizerBase, out: Path, is_main: bool
+) -> PreTrainedModel:
+    """The model with the run's method applied, its new weights drawn from the run's seed."""
+    set_seed(cfg.train.seed)
+    quantize = cfg.method if cfg.method.type == "qlora" else None
+    labels = getattr(cfg.data.train[0].format, "labels", None)  # classification classes
+    model = load_base_model(cfg.model, tokenizer, quantize, labels)
+    if cfg.method.type != "full" and cfg.model.architecture is not None:
+        _save_new_base(model, out / BASE_MODEL, is_main)
+    model = apply_method(model, cfg.method, cfg.train.gradient_checkpointing, cfg.model.task)
+    model.config.use_cache = False  # a cache would disable packed-sequence masking
+    return model
 
 
 def _save_new_base(model: PreTrainedModel, path: Path, is_main: bool) -> None:
