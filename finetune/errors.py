@@ -39,3 +39,11 @@ class TrainingDiverged(FinetuneError):
     """The loss or gradient norm became NaN or infinite: the run stopped before saving it."""
 
     exit_code = 4
+
+
+class Interrupted(FinetuneError):
+    """SIGTERM or SIGINT stopped the run after a checkpoint; exit code 128 + the signal."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        self.exit_code = 128 + signum
+        super().__init__(message)

@@ -158,3 +158,49 @@ def test_gradient_accumulation_normalises_over_tokens(tmp_path: Path) -> None:
     torch.testing.assert_close(small_losses, big_losses, rtol=0, atol=1e-6)
     for name, grad in big_grads.items():
         torch.testing.assert_close(small_grads[name], grad, rtol=0, atol=1e-5, msg=name)
+
+
+def _signal_mid_run(config: Path, out: Path, signum: int) -> subprocess.CompletedProcess:
+    """Start a run, send `signum` once it has logged a few steps, and wait for it to end."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "finetune.cli", "train", str(config)],
+        cwd=REPO,
+        env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signum)
+    stdout, stderr = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_saves_a_checkpoint_and_resume_continues(
+    uninterrupted: Path, tmp_path: Path, signum: int
+) -> None:
+    config = _resume_config(tmp_path, "signalled")
+    out = tmp_path / "signalled"
+    result = _signal_mid_run(config, out, signum)
+    assert result.returncode == 128 + signum, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    name = signal.Signals(signum).name
+    assert len(errors) == 1 and errors[0].startswith(f"error: stopped by {name} after step ")
+    assert "Traceback" not in result.stderr and "Aborted!" not in result.stderr
+    step = int(errors[0].split("after step ")[1].split(";")[0])
+    assert 3 <= step < STEPS
+    assert (out / "checkpoints" / f"checkpoint-{step}" / COMPLETE).is_file()
+    assert not (out / "model.safetensors").exists()  # the final model is not the result
+
+    resumed = run_cli("train", str(config), "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected, got = _losses(uninterrupted), _losses(out)
+    assert sorted(got) == list(range(1, STEPS + 1))
+    for s in expected:
+        assert got[s] == pytest.approx(expected[s], abs=1e-6), s

@@ -368,6 +368,11 @@ class OutputConfig(Section):
     save_total_limit: int | None = Field(None, ge=1)
     """Keep at most this many checkpoints (the oldest are deleted)."""
 
+    stop_grace_s: float = Field(25.0, gt=0)
+    """On SIGTERM or SIGINT the run finishes its step, saves a checkpoint and exits; if that
+    takes longer than this, it exits at once (the deepspeed launcher and most schedulers
+    send SIGKILL 30 s after SIGTERM). A second SIGINT exits at once."""
+
 
 # --------------------------------------------------------------------------------------
 # the run

@@ -49,6 +49,7 @@ from finetune.train.output import (
     check_output_dir,
     replacing,
 )
+from finetune.train.stopping import GracefulStop
 
 logger = logging.getLogger(__name__)
 
@@ -221,6 +222,8 @@ def _loop(
     losses: list[float] = []
     watchdog = Watchdog(cfg.distributed.timeout_s, dist.get_rank())
     watchdog.arm()
+    stop = GracefulStop(cfg.output.stop_grace_s)
+    stop.install()
     began = last_time = time.monotonic()
     last_tokens, loss, lr = 0, float("nan"), float("nan")
     for step in range(start + 1, steps + 1):
@@ -247,9 +250,15 @@ def _loop(
             if dist.get_rank() == 0:
                 with (out / METRICS).open("a") as f:
                     f.write(json.dumps(record) + "\n")
-        if cfg.output.save_steps and step % cfg.output.save_steps == 0:
+        stopping = stop.requested() is not None  # SIGTERM/SIGINT on any rank
+        if stopping or (cfg.output.save_steps and step % cfg.output.save_steps == 0):
             _save_checkpoint(engine, out / CHECKPOINTS, step, cfg.output.save_total_limit)
             watchdog.beat()
+        if stopping:
+            stop.stopped_after = step
+            stop.uninstall()
+            raise stop.error()
+    stop.uninstall()
     watchdog.disarm()
     runtime = time.monotonic() - began
     return {

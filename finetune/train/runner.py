@@ -58,6 +58,7 @@ from finetune.train.output import (
     check_output_dir,
     replacing,
 )
+from finetune.train.stopping import GracefulStop
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +87,10 @@ def train(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> dict
 
         summary = train_pipeline(cfg, overwrite=overwrite, resume=resume)
     else:
-        summary = execute(prepare_run(cfg, overwrite=overwrite, resume=resume))
-    shutdown_process_group()
+        try:
+            summary = execute(prepare_run(cfg, overwrite=overwrite, resume=resume))
+        finally:
+            shutdown_process_group()
     return summary
 
 
@@ -153,6 +156,7 @@ def prepare_run(
         callbacks=[
             MetricsLogger(out / METRICS),
             CheckpointMarker(),
+            GracefulStop(cfg.output.stop_grace_s),
             DivergenceGuard(),
             HeldParameters(),
             *watchdog_callbacks(cfg.distributed),
@@ -184,6 +188,9 @@ def execute(run: PreparedRun) -> dict[str, Any]:
         run.untrained_metrics.update(_exact_match(run, "untrained_exact_match"))
     resume_from = str(run.resume_from) if run.resume_from else None
     metrics = dict(trainer.train(resume_from_checkpoint=resume_from).metrics)
+    stop = _callback(trainer, GracefulStop)
+    if stop.stopped_after is not None:  # SIGTERM/SIGINT: the checkpoint is the result
+        raise stop.error()
     if has_eval:
         metrics.update(trainer.evaluate())
         metrics.update(_exact_match(run, "exact_match"))
@@ -238,10 +245,13 @@ def _save_new_base(model: PreTrainedModel, path: Path, is_main: bool) -> None:
     model.name_or_path = model.config._name_or_path = str(path.resolve())
 
 
+def _callback(trainer: Trainer, kind: type[TrainerCallback]) -> TrainerCallback:
+    return next(c for c in trainer.callback_handler.callbacks if isinstance(c, kind))
+
+
 def _held_parameters(trainer: Trainer) -> dict[str, int] | None:
     """What this rank held of the parameters during training (None before any step)."""
-    held = next(c for c in trainer.callback_handler.callbacks if isinstance(c, HeldParameters))
-    return held.held
+    return _callback(trainer, HeldParameters).held
 
 
 def _exact_match(run: PreparedRun, key: str) -> dict[str, float]:

@@ -142,3 +142,36 @@ def test_stopped_rank_ends_the_job(tmp_path: Path) -> None:
     assert TIMEOUT_S <= seconds < BOUND_S
     assert not victim.is_running() or victim.status() == psutil.STATUS_ZOMBIE
     resume_after_fault(tmp_path)
+
+
+def test_sigterm_to_the_launcher_saves_a_checkpoint_on_every_rank(tmp_path: Path) -> None:
+    """What a scheduler does before preemption: SIGTERM to every process of the job (the
+    launcher passes another to each rank, one rank after the other). Both ranks stop after
+    the same step, save its checkpoint together, and the resumed run logs the uninterrupted
+    run's losses."""
+    job, _ = start_job(tmp_path, free_port(), {"zero_stage": 2})
+    time.sleep(1)  # a few steps past the first checkpoint
+    launcher = psutil.Process(job.pid)
+    processes = [launcher, *launcher.children(recursive=True)]
+    began = time.monotonic()
+    for process in processes:
+        process.send_signal(signal.SIGTERM)
+    # The deepspeed runner itself dies of the signal; its launcher and the ranks finish
+    _, alive = psutil.wait_procs(processes, timeout=BOUND_S)
+    for process in alive:
+        process.kill()
+    job.wait()
+    assert not alive and time.monotonic() - began < LAUNCHER_GRACE_S, log(tmp_path)
+    stops = [line for line in log(tmp_path).splitlines() if "error: stopped by SIGTERM" in line]
+    assert len(stops) == 2, log(tmp_path)  # each rank, the same step
+    step = int(stops[0].split("after step ")[1].split(";")[0])
+    assert stops[1].split("after step ")[1].split(";")[0] == str(step)
+    newest = latest_checkpoint(tmp_path / "job" / "out" / "checkpoints")
+    assert newest is not None and newest.name == f"checkpoint-{step}"
+
+    assert resume_after_fault(tmp_path) == step
+    uninterrupted = job_config(tmp_path, "uninterrupted", step + 4, {"zero_stage": 2})
+    result = launch(uninterrupted, free_port())
+    assert result.returncode == 0, tail(result)
+    expected = losses(uninterrupted.parent / "out")[step:]
+    assert losses(tmp_path / "job" / "out")[-4:] == pytest.approx(expected, abs=1e-5)
