@@ -41,6 +41,8 @@ class GracefulStop(TrainerCallback):
             self._previous[signum] = signal.signal(signum, self._handle)
 
     def uninstall(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()  # the checkpoint is saved: nothing left to rush
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
@@ -96,10 +98,6 @@ class GracefulStop(TrainerCallback):
             self.stopped_after = state.global_step
             control.should_save = True
             control.should_training_stop = True
-
-    def on_save(self, args, state, control, **kwargs) -> None:
-        if self.stopped_after is not None and self._timer is not None:
-            self._timer.cancel()  # the checkpoint is complete: nothing left to rush
 
     def on_train_end(self, args, state, control, **kwargs) -> None:
         self.uninstall()
