@@ -214,7 +214,10 @@ def eval_command(target: str, overrides: tuple[str, ...], model_dir: str | None)
     from finetune.train.output import RUN_CONFIG
 
     path = Path(target)
-    config = path / RUN_CONFIG if path.is_dir() else path
+    if path.is_dir():  # a run's output directory: its config, and the model saved in it
+        config, model_dir = path / RUN_CONFIG, model_dir or str(path)
+    else:
+        config = path
     cfg = load_config(config, overrides)
     metrics = evaluate_model(cfg, model_dir or cfg.output.dir)
     click.echo(json.dumps(metrics, indent=2))

@@ -134,7 +134,10 @@ def load_trained(
     path = Path(model_dir)
     is_adapter = (path / "adapter_config.json").is_file()
     if not is_adapter and not (path / "config.json").is_file():
-        raise FinetuneError(f"{path}: no model here (no config.json or adapter_config.json)")
+        raise FinetuneError(
+            f"{path}: no model here (no config.json or adapter_config.json); if its run has not "
+            "finished, evaluate a checkpoint with --model DIR/checkpoints/checkpoint-N"
+        )
     if is_adapter:
         from peft import AutoPeftModelForCausalLM
 

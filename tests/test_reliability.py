@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -49,22 +51,92 @@ def _snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
+SHORT = [*QUICK, "--set", "train.max_steps=4", "--set", "output.save_steps=2"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 4-step quickstart run with checkpoints at steps 2 and 4 (copy before use)."""
+    out = tmp_path_factory.mktemp("finished") / "out"
+    result = run_cli("train", *SHORT, "--set", f"output.dir={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def _copy(run: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "out"
+    shutil.copytree(run, out)
+    return out
+
+
+def _one_error(result) -> str:
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr[-3000:]
+    return errors[0]
+
+
 @pytest.mark.parametrize(
     "bad",
     ["model.config.num_attention_heads=5", "model.config.ffn=swiglu2"],
     ids=["model-cannot-be-built", "invalid-model-field"],
 )
-def test_overwrite_with_a_bad_model_keeps_the_earlier_run(tmp_path: Path, bad: str) -> None:
-    out = tmp_path / "out"
-    short = [*QUICK, "--set", "train.max_steps=4", "--set", "output.save_steps=2"]
-    first = run_cli("train", *short, "--set", f"output.dir={out}")
-    assert first.returncode == 0, first.stderr[-3000:]
+def test_overwrite_with_a_bad_model_keeps_the_earlier_run(
+    finished_run: Path, tmp_path: Path, bad: str
+) -> None:
+    out = _copy(finished_run, tmp_path)
     before = _snapshot(out)
     assert "model.safetensors" in before and "checkpoints/checkpoint-4/finetune_complete" in before
 
-    result = run_cli("train", *short, "--set", f"output.dir={out}", "--overwrite", "--set", bad)
+    result = run_cli("train", *SHORT, "--set", f"output.dir={out}", "--overwrite", "--set", bad)
     assert result.returncode == 2, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr
-    assert [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    _one_error(result)
     assert _snapshot(out) == before  # every file of the earlier run, byte for byte
     assert not any(p.name.endswith(".replaced") for p in tmp_path.iterdir())
+
+
+def test_resume_of_a_finished_run_is_refused_unless_it_trains_further(
+    finished_run: Path, tmp_path: Path
+) -> None:
+    out = _copy(finished_run, tmp_path)
+    before = _snapshot(out)
+    result = run_cli("train", *SHORT, "--set", f"output.dir={out}", "--resume")
+    assert result.returncode == 2
+    assert "already finished (4 steps)" in _one_error(result)
+    assert _snapshot(out) == before
+
+    more = run_cli(
+        "train", *SHORT, "--set", f"output.dir={out}", "--set", "train.max_steps=6", "--resume"
+    )
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert json.loads((out / "run_info.json").read_text())["global_step"] == 6
+
+
+def test_resume_after_a_cut_final_save_ignores_its_remains(
+    finished_run: Path, tmp_path: Path
+) -> None:
+    out = _copy(finished_run, tmp_path)
+    # A kill during the final save: an empty config.json, no weights, no run_info.json
+    (out / "run_info.json").unlink()
+    (out / "model.safetensors").unlink()
+    (out / "config.json").write_text("")
+    result = run_cli("train", *SHORT, "--set", f"output.dir={out}", "--resume")
+    assert result.returncode == 2
+    assert "checkpoint-4 already reached train.max_steps (4)" in _one_error(result)
+
+    more = run_cli(
+        "train", *SHORT, "--set", f"output.dir={out}", "--set", "train.max_steps=6", "--resume"
+    )
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert json.loads((out / "config.json").read_text())["model_type"] == "decoder"
+    assert json.loads((out / "run_info.json").read_text())["global_step"] == 6
+
+
+def test_eval_of_a_directory_without_a_model_is_refused(finished_run: Path, tmp_path: Path) -> None:
+    # Only the run config, whose output.dir names a directory that does hold a model
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    shutil.copy(finished_run / "run_config.yaml", lone / "run_config.yaml")
+    result = run_cli("eval", str(lone), "--set", "data.eval_ratio=0.1")
+    assert result.returncode != 0
+    assert f"{lone}: no model here" in _one_error(result)

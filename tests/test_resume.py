@@ -103,8 +103,10 @@ def _copy_run(run: Path, tmp_path: Path) -> tuple[Path, Path]:
 
 def test_half_written_checkpoint_is_never_taken(uninterrupted: Path, tmp_path: Path) -> None:
     out, cfg = _copy_run(uninterrupted, tmp_path)
-    # Simulate a kill during the step-40 save: its files are there, the marker is not.
+    # Simulate a kill during the step-40 save: its files are there, the marker is not, and
+    # nothing of the end of the run (run_info.json is written last) exists yet.
     (out / "checkpoints" / f"checkpoint-{STEPS}" / COMPLETE).unlink()
+    (out / "run_info.json").unlink()
     result = run_cli("train", str(cfg), "--resume")
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from finetune.errors import OutputDirError
+from finetune.train.output import RUN_INFO
+
+# What the final save writes beside the run's own files; without run_info.json (written
+# after it) they are the remains of a final save that was cut short.
+FINAL_MODEL_FILES = (
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "adapter_config.json",
+    "adapter_model.safetensors",
+)
 
 COMPLETE = "finetune_complete"
 
@@ -55,13 +68,46 @@ def resume_checkpoint(out: Path, run_config_name: str, current: dict[str, Any]) 
             "--resume: the config changes what the run trains; resume with the original "
             "config or start a new output.dir. Differences:\n  " + "\n  ".join(differences)
         )
+    _refuse_finished_run(out, current["train"].get("max_steps"))
+    for name in FINAL_MODEL_FILES:  # a final save cut short must not be read back
+        (out / name).unlink(missing_ok=True)
     checkpoint = latest_checkpoint(out / "checkpoints")
     if checkpoint is None:
         raise OutputDirError(
             f"--resume: no complete checkpoint under {out / 'checkpoints'} "
             "(set output.save_steps to write checkpoints)"
         )
+    step = int(checkpoint.name.removeprefix("checkpoint-"))
+    max_steps = current["train"].get("max_steps")
+    if max_steps is not None and step >= max_steps:
+        # transformers' Trainer would take one more step from a checkpoint at max_steps
+        raise OutputDirError(
+            f"--resume: {checkpoint.name} already reached train.max_steps ({max_steps}); the "
+            "run's final save did not complete. Its weights are in "
+            f"{checkpoint} (`finetune eval --model {checkpoint}` reads them); to train "
+            f"further, resume with train.max_steps above {step}"
+        )
     return checkpoint
+
+
+def _refuse_finished_run(out: Path, max_steps: int | None) -> None:
+    """A finished run (it wrote run_info.json) resumes only to train further."""
+    info_path = out / RUN_INFO
+    if not info_path.is_file():
+        return
+    try:
+        done = int(json.loads(info_path.read_text())["global_step"])
+    except (ValueError, KeyError, TypeError):
+        raise OutputDirError(
+            f"--resume: {info_path} is damaged; the run finished but its record cannot be "
+            "read. Start a new output.dir (or --overwrite this one)"
+        ) from None
+    if max_steps is None or max_steps <= done:
+        raise OutputDirError(
+            f"--resume: the run in {out} already finished ({done} steps) and its final model "
+            f"is saved. To train it further, resume with train.max_steps above {done} (the "
+            "final model is then replaced); to start again, use --overwrite"
+        )
 
 
 def _diff(before: Any, after: Any, path: str) -> list[tuple[str, Any, Any]]:
