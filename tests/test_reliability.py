@@ -140,3 +140,13 @@ def test_eval_of_a_directory_without_a_model_is_refused(finished_run: Path, tmp_
     result = run_cli("eval", str(lone), "--set", "data.eval_ratio=0.1")
     assert result.returncode != 0
     assert f"{lone}: no model here" in _one_error(result)
+
+
+def test_a_config_that_is_not_utf8_is_one_message(tmp_path: Path) -> None:
+    config = tmp_path / "latin1.yaml"
+    config.write_bytes(b"model:\n  architecture: decoder\n# caf\xe9\n")
+    result = run_cli("validate", str(config))
+    assert result.returncode == 2
+    assert _one_error(result) == (
+        f"error: {config}:3: not UTF-8 text (byte 0xe9); save the file as UTF-8"
+    )
