@@ -47,15 +47,21 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp / "full"
 
 
-def _kill_after_half(config: Path, out: Path) -> None:
-    """Start a run and SIGKILL it as soon as its half-way checkpoint is complete."""
-    proc = subprocess.Popen(
+def _start_run(config: Path, output: int) -> subprocess.Popen:
+    """`finetune train CONFIG` in the background; `output` is subprocess.PIPE or DEVNULL."""
+    return subprocess.Popen(
         [sys.executable, "-m", "finetune.cli", "train", str(config)],
         cwd=REPO,
         env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=output,
+        stderr=output,
+        text=True,
     )
+
+
+def _kill_after_half(config: Path, out: Path) -> None:
+    """Start a run and SIGKILL it as soon as its half-way checkpoint is complete."""
+    proc = _start_run(config, subprocess.DEVNULL)
     marker = out / "checkpoints" / f"checkpoint-{HALF}" / COMPLETE
     deadline = time.monotonic() + 300
     while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -164,14 +170,7 @@ def test_gradient_accumulation_normalises_over_tokens(tmp_path: Path) -> None:
 
 def _signal_mid_run(config: Path, out: Path, signum: int) -> subprocess.CompletedProcess:
     """Start a run, send `signum` once it has logged a few steps, and wait for it to end."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "finetune.cli", "train", str(config)],
-        cwd=REPO,
-        env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _start_run(config, subprocess.PIPE)
     metrics = out / "metrics.jsonl"
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline:
