@@ -94,7 +94,7 @@ class MaskedLMHeadTransform(nn.Module):
 class FinetuneEncoderModel(FinetuneEncoderPreTrainedModel):
     """The encoder stack: embeddings, `num_hidden_layers` bidirectional blocks, optional pooler."""
 
-    def __init__(self, config: FinetuneEncoderConfig) -> None:
+    def __init__(self, config: FinetuneEncoderConfig, add_pooling_layer: bool = True) -> None:
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
         self.embed_scale = embedding_scale(config)
@@ -108,7 +108,9 @@ class FinetuneEncoderModel(FinetuneEncoderPreTrainedModel):
             [TransformerLayer(config, i, is_causal=False) for i in range(config.num_hidden_layers)]
         )
         self.norm = build_norm(config) if config.norm_placement == "pre" else nn.Identity()
-        self.pooler = Pooler(config) if config.add_pooler else None
+        # A head that reads every token (masked LM) builds none: an unused pooler gets no
+        # gradient, which DDP with find_unused_parameters=False refuses (as BERT's MLM does)
+        self.pooler = Pooler(config) if config.add_pooler and add_pooling_layer else None
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -196,7 +198,7 @@ class FinetuneEncoderForMaskedLM(FinetuneEncoderPreTrainedModel):
 
     def __init__(self, config: FinetuneEncoderConfig) -> None:
         super().__init__(config)
-        self.model = FinetuneEncoderModel(config)
+        self.model = FinetuneEncoderModel(config, add_pooling_layer=False)
         self.head_transform = MaskedLMHeadTransform(config) if config.mlm_head_transform else None
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=config.mlm_head_bias)
         self.post_init()

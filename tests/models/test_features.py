@@ -255,3 +255,15 @@ def test_flex_attention_matches_eager(family: str) -> None:
         expected, actual = eager(**inputs), flex(**inputs)
     real = inputs["attention_mask"].bool() if family != "seq2seq" else slice(None)
     torch.testing.assert_close(actual.logits[real], expected.logits[real])
+
+
+def test_masked_lm_gives_every_parameter_a_gradient() -> None:
+    # Even from a config with a pooler (a converted BERT classifier's): DDP with
+    # find_unused_parameters=False fails on a parameter that never gets a gradient
+    tiny.seeded()
+    model = FinetuneEncoderForMaskedLM(tiny.encoder_config(add_pooler=True))
+    assert model.model.pooler is None
+    ids = tiny.token_ids(2, 10)
+    model(input_ids=ids, labels=ids).loss.backward()
+    missing = [name for name, p in model.named_parameters() if p.grad is None]
+    assert not missing, missing
