@@ -49,7 +49,7 @@ class DivergenceGuard(TrainerCallback):
 
 
 class GuardedTrainer(Trainer):
-    """transformers' Trainer that stops on a non-finite DeepSpeed gradient norm or loss."""
+    """transformers' Trainer that stops on a non-finite DeepSpeed gradient norm."""
 
     def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
         loss = super().training_step(model, inputs, num_items_in_batch)
