@@ -35,6 +35,7 @@ from finetune.distributed.launch import (
 )
 from finetune.distributed.watchdog import watchdog_callbacks
 from finetune.distributed.zero import gathered_parameters
+from finetune.errors import Interrupted, TrainingDiverged
 from finetune.evaluate import accuracy, exact_match, prompt_answer_pairs
 from finetune.hub import check_hub, hub_callbacks, push_trained
 from finetune.methods import apply_method, load_base_model, trainable_parameters
@@ -82,15 +83,19 @@ class PreparedRun:
 
 def train(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
     """Run `cfg` end to end and return the run summary written to run_info.json."""
-    if cfg.distributed.pipeline_stages > 1:  # DeepSpeed's PipelineEngine, not the Trainer
-        from finetune.train.pipeline_loop import train_pipeline
+    try:
+        if cfg.distributed.pipeline_stages > 1:  # DeepSpeed's PipelineEngine, not the Trainer
+            from finetune.train.pipeline_loop import train_pipeline
 
-        summary = train_pipeline(cfg, overwrite=overwrite, resume=resume)
-    else:
-        try:
+            summary = train_pipeline(cfg, overwrite=overwrite, resume=resume)
+        else:
             summary = execute(prepare_run(cfg, overwrite=overwrite, resume=resume))
-        finally:
-            shutdown_process_group()
+    except (Interrupted, TrainingDiverged):
+        shutdown_process_group()  # every rank stopped after the same step: end together
+        raise
+    # Not after other errors: they may be one rank's, and a barrier would wait for ranks
+    # that are stuck in a collective (the launcher ends them once this rank exits).
+    shutdown_process_group()
     return summary
 
 
