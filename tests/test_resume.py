@@ -107,18 +107,38 @@ def _copy_run(run: Path, tmp_path: Path) -> tuple[Path, Path]:
     return out, write_config(tmp_path / "copy.yaml", cfg)
 
 
-def test_half_written_checkpoint_is_never_taken(uninterrupted: Path, tmp_path: Path) -> None:
+def _flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["unsealed", "bit-flipped optimizer"])
+def test_damaged_newest_checkpoint_is_skipped(
+    uninterrupted: Path, tmp_path: Path, damage: str
+) -> None:
+    """Simulate a kill during the step-40 save (its files are there, the manifest is not),
+    or a bit flipped in its optimizer state; nothing of the end of the run (run_info.json
+    is written last) exists yet. Resume takes checkpoint-20 and logs the uninterrupted
+    run's losses, each step once."""
     out, cfg = _copy_run(uninterrupted, tmp_path)
-    # Simulate a kill during the step-40 save: its files are there, the marker is not, and
-    # nothing of the end of the run (run_info.json is written last) exists yet.
-    (out / "checkpoints" / f"checkpoint-{STEPS}" / COMPLETE).unlink()
+    newest = out / "checkpoints" / f"checkpoint-{STEPS}"
+    if damage == "unsealed":
+        (newest / COMPLETE).unlink()
+    else:
+        _flip_a_byte(newest / "optimizer.pt")
     (out / "run_info.json").unlink()
     result = run_cli("train", str(cfg), "--resume")
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in records if "loss" in r]
-    # Steps 21-40 ran twice: once originally, once after resuming from checkpoint-20.
-    assert steps.count(HALF + 1) == 2 and steps.count(HALF) == 1, steps
+    assert steps == list(range(1, STEPS + 1))
+    assert _losses(out) == _losses(uninterrupted)
+    if damage != "unsealed":
+        assert f"skipping checkpoint-{STEPS}: optimizer.pt does not match" in result.stderr
+        assert f"resuming from checkpoint-{HALF}" in result.stderr
+        kept = out / "checkpoints" / f"checkpoint-{STEPS}.damaged"
+        assert (kept / "optimizer.pt").is_file()  # kept for inspection, never taken
 
 
 def test_resume_refuses_a_changed_model(uninterrupted: Path, tmp_path: Path) -> None:

@@ -366,7 +366,13 @@ class OutputConfig(Section):
     """Write a checkpoint every N optimizer steps."""
 
     save_total_limit: int | None = Field(None, ge=1)
-    """Keep at most this many checkpoints (the oldest are deleted)."""
+    """Keep at most this many checkpoints (the oldest are deleted, only once a newer one is
+    complete)."""
+
+    checkpoint_checksums: bool = True
+    """Record the SHA-256 of every checkpoint file, and check them before --resume takes a
+    checkpoint (a damaged one is skipped for the one before it). Sizes are always checked;
+    turn this off only for checkpoints too large to read back at every resume."""
 
     stop_grace_s: float = Field(25.0, gt=0)
     """On SIGTERM or SIGINT the run finishes its step, saves a checkpoint and exits; if that

@@ -86,7 +86,7 @@ def training_arguments(
         eval_steps=train.eval_steps if evaluate else None,
         save_strategy="steps" if output.save_steps else "no",
         save_steps=output.save_steps or 500,
-        save_total_limit=output.save_total_limit,
+        save_total_limit=None,  # CheckpointMarker rotates, once the newest one is sealed
         # Without use_cpu, accelerate picks no distributed backend on CPU, counts a world
         # size of 1, and each rank trains alone on all the data.
         use_cpu=not torch.cuda.is_available(),

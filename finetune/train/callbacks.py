@@ -7,11 +7,12 @@ import math
 import time
 from pathlib import Path
 
+import torch.distributed as dist
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
 
 from finetune.distributed.zero import held_parameters
-from finetune.train.checkpoints import mark_complete
+from finetune.train.checkpoints import rotate_checkpoints, seal_checkpoint
 
 
 class MetricsLogger(TrainerCallback):
@@ -56,15 +57,38 @@ class MetricsLogger(TrainerCallback):
             f.write(json.dumps(record) + "\n")
 
 
-class CheckpointMarker(TrainerCallback):
-    """Mark a checkpoint complete once the Trainer has written all of it.
+def forget_after(path: Path, step: int) -> None:
+    """Drop the records of steps after `step` from a metrics file: a resumed run logs those
+    steps again, and a step must appear once."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+    if len(kept) < len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept))
+        tmp.replace(path)
 
-    A run killed while saving leaves a checkpoint without the marker, which resume skips.
+
+class CheckpointMarker(TrainerCallback):
+    """Seal each checkpoint once every rank has written its part, then rotate.
+
+    The Trainer's own rotation is off (`save_total_limit=None` in its arguments): it runs
+    before `on_save`, so with one checkpoint kept a kill between the two left none. Here the
+    new checkpoint's manifest is on disk before any older checkpoint is deleted.
     """
 
+    def __init__(self, keep: int | None = None, checksums: bool = True) -> None:
+        self.keep = keep
+        self.checksums = checksums
+
     def on_save(self, args: TrainingArguments, state: TrainerState, control, **kwargs) -> None:
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()  # every rank's shards and RNG state are written
         if state.is_world_process_zero:
-            mark_complete(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+            root = Path(args.output_dir)
+            seal_checkpoint(root / f"checkpoint-{state.global_step}", self.checksums)
+            rotate_checkpoints(root, self.keep)
 
 
 class ProgressBar(ProgressCallback):

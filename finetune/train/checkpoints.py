@@ -1,8 +1,26 @@
-"""Checkpoints: which ones are complete, and whether a config may resume from them."""
+"""Checkpoints: written complete or ignored, verified before a resume, and whether a config
+may resume from them.
+
+A checkpoint directory counts only once its manifest (`finetune_complete`) is on disk. The
+manifest is written last, atomically (a temporary file renamed into place), after every rank
+has written its files, and lists each file with its size and SHA-256. Deleting a checkpoint
+removes the manifest first. A kill at any point therefore leaves either a checkpoint whose
+files the manifest describes, or a directory that resume ignores; and since old checkpoints
+are deleted only after the new one is sealed, there is always a complete one to go back to.
+Resume checks the newest checkpoint's files against its manifest and falls back to the newest
+one that passes, saying why.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +28,8 @@ import yaml
 
 from finetune.errors import OutputDirError
 from finetune.train.output import RUN_INFO
+
+logger = logging.getLogger(__name__)
 
 # What the final save writes beside the run's own files; without run_info.json (written
 # after it) they are the remains of a final save that was cut short.
@@ -23,32 +43,180 @@ FINAL_MODEL_FILES = (
 )
 
 COMPLETE = "finetune_complete"
+MANIFEST_FORMAT = 1
+DAMAGED_SUFFIX = ".damaged"
 
 # Sections that define what is being trained: a resume that changes them would silently
 # continue a different run. The train, logging and output sections may change.
 FIXED_SECTIONS = ("model", "tokenizer", "data", "method")
 
 
-def mark_complete(checkpoint: Path) -> None:
-    """Write the marker that says every file of `checkpoint` is on disk."""
-    (checkpoint / COMPLETE).write_text("")
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)  # releases the GIL: files hash in parallel threads
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    """The step a `checkpoint-N` directory was saved at."""
+    return int(checkpoint.name.removeprefix("checkpoint-"))
+
+
+def _checkpoint_dirs(root: Path) -> list[Path]:
+    """Every `checkpoint-N` directory under `root`, oldest first, sealed or not."""
+    found = [
+        p
+        for p in root.glob("checkpoint-*")
+        if p.name.removeprefix("checkpoint-").isdigit() and p.is_dir()
+    ]
+    return sorted(found, key=checkpoint_step)
+
+
+def seal_checkpoint(checkpoint: Path, checksums: bool = True) -> None:
+    """Write the manifest that makes `checkpoint` complete: every file with its size (and
+    SHA-256 with `checksums`). Call it once every rank has written its part."""
+    files = sorted(
+        p for p in checkpoint.rglob("*") if p.is_file() and not p.name.startswith(COMPLETE)
+    )
+    for path in files:  # the data, before the manifest that vouches for it
+        with path.open("rb") as f:
+            os.fsync(f.fileno())
+    digests: list[str | None] = [None] * len(files)
+    if checksums:
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            digests = list(pool.map(_sha256, files))
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "step": checkpoint_step(checkpoint),
+        "files": {
+            path.relative_to(checkpoint).as_posix(): {
+                "size": path.stat().st_size,
+                **({"sha256": digest} if digest else {}),
+            }
+            for path, digest in zip(files, digests, strict=True)
+        },
+    }
+    tmp = checkpoint / f"{COMPLETE}.tmp"
+    with tmp.open("w") as f:
+        json.dump(manifest, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, checkpoint / COMPLETE)
+    _fsync_dir(checkpoint)
+
+
+def delete_checkpoint(checkpoint: Path) -> None:
+    """Delete `checkpoint`, its manifest first: a kill part-way leaves a directory that no
+    resume will take, never a "complete" checkpoint with files missing."""
+    manifest = checkpoint / COMPLETE
+    if manifest.exists():
+        manifest.unlink()
+        _fsync_dir(checkpoint)
+    shutil.rmtree(checkpoint, ignore_errors=True)
+
+
+def rotate_checkpoints(root: Path, keep: int | None) -> None:
+    """Keep the newest `keep` complete checkpoints (all with None); delete older ones and
+    any unsealed directory older than the newest complete one (the remains of a kill)."""
+    dirs = _checkpoint_dirs(root)
+    complete = [p for p in dirs if (p / COMPLETE).is_file()]
+    if not complete:
+        return
+    newest = checkpoint_step(complete[-1])
+    kept = set(complete[-keep:]) if keep else set(complete)
+    for path in dirs:
+        if path not in kept and checkpoint_step(path) < newest:
+            delete_checkpoint(path)
 
 
 def latest_checkpoint(root: Path) -> Path | None:
-    """The newest complete checkpoint under `root`, or None.
+    """The newest sealed checkpoint under `root`, or None (its files are not verified:
+    `verify_checkpoint` does that).
 
-    Half-written checkpoints (a run killed while saving) have no marker and are skipped.
+    Half-written checkpoints (a run killed while saving) have no manifest and are skipped.
     """
-    complete = [
-        p
-        for p in root.glob("checkpoint-*")
-        if p.name.removeprefix("checkpoint-").isdigit() and (p / COMPLETE).is_file()
-    ]
-    return max(complete, key=lambda p: int(p.name.removeprefix("checkpoint-")), default=None)
+    complete = [p for p in _checkpoint_dirs(root) if (p / COMPLETE).is_file()]
+    return complete[-1] if complete else None
 
 
-def resume_checkpoint(out: Path, run_config_name: str, current: dict[str, Any]) -> Path:
-    """The checkpoint to resume from, after checking the config still describes the run.
+def verify_checkpoint(checkpoint: Path, checksums: bool = True) -> str | None:
+    """What is wrong with `checkpoint`'s files against its manifest, or None if nothing."""
+    try:
+        text = (checkpoint / COMPLETE).read_text()
+    except OSError as e:
+        return f"its manifest cannot be read ({e.strerror})"
+    if not text.strip():
+        return None  # sealed by finetune before manifests: nothing recorded to check
+    try:
+        manifest = json.loads(text)
+        files = manifest["files"]
+        assert isinstance(files, dict) and files
+    except (ValueError, KeyError, TypeError, AssertionError):
+        return "its manifest is damaged"
+    for name, record in files.items():
+        path = checkpoint / name
+        if not path.is_file():
+            return f"{name} is missing"
+        size = path.stat().st_size
+        if size != record["size"]:
+            return f"{name} has {size} bytes, {record['size']} were saved"
+    if checksums:
+        for name, record in files.items():
+            if "sha256" in record and _sha256(checkpoint / name) != record["sha256"]:
+                return f"{name} does not match its checksum (the file changed after saving)"
+    return None
+
+
+def usable_checkpoint(root: Path, checksums: bool = True) -> tuple[Path | None, list[str]]:
+    """The newest complete checkpoint whose files verify, and what was wrong with each newer
+    one (as `checkpoint-N: reason`)."""
+    rejected = []
+    for path in reversed([p for p in _checkpoint_dirs(root) if (p / COMPLETE).is_file()]):
+        problem = verify_checkpoint(path, checksums)
+        if problem is None:
+            return path, rejected
+        rejected.append(f"{path.name}: {problem}")
+    return None, rejected
+
+
+def set_aside_unusable(root: Path, chosen: Path | None) -> None:
+    """Before a resumed run writes checkpoints again: rename damaged checkpoints newer than
+    `chosen` to `checkpoint-N.damaged` (kept for inspection; resume never takes them) and
+    delete unsealed ones, so that no later save mixes its files with theirs."""
+    start = checkpoint_step(chosen) if chosen is not None else -1
+    for path in _checkpoint_dirs(root):
+        if checkpoint_step(path) <= start:
+            continue
+        if (path / COMPLETE).is_file():
+            aside = path.with_name(path.name + DAMAGED_SUFFIX)
+            shutil.rmtree(aside, ignore_errors=True)
+            path.rename(aside)
+            logger.warning("%s was damaged: kept as %s", path.name, aside)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def resume_checkpoint(
+    out: Path,
+    run_config_name: str,
+    current: dict[str, Any],
+    checksums: bool = True,
+    is_main: bool = True,
+    agree: Callable[[int], list[int]] = lambda step: [step],
+) -> Path:
+    """The checkpoint to resume from, after checking the config still describes the run:
+    the newest complete one whose files match its manifest. Call it on every rank, with
+    `agree` gathering a value from every rank (`gather_per_rank`) so they take the same one.
 
     Raises:
         OutputDirError: no complete checkpoint, or the model, tokenizer, data or method
@@ -71,12 +239,26 @@ def resume_checkpoint(out: Path, run_config_name: str, current: dict[str, Any]) 
     _refuse_finished_run(out, current["train"].get("max_steps"))
     for name in FINAL_MODEL_FILES:  # a final save cut short must not be read back
         (out / name).unlink(missing_ok=True)
-    checkpoint = latest_checkpoint(out / "checkpoints")
+    root = out / "checkpoints"
+    # The main rank reads every file back against its checksum; the others check sizes
+    # only, and every rank takes the oldest of the ranks' choices.
+    checkpoint, rejected = usable_checkpoint(root, checksums and is_main)
+    step = min(agree(checkpoint_step(checkpoint) if checkpoint is not None else -1))
+    checkpoint = root / f"checkpoint-{step}" if step >= 0 else None
+    if is_main:
+        for reason in rejected:
+            print(f"[finetune] --resume: skipping {reason}", file=sys.stderr, flush=True)
     if checkpoint is None:
         raise OutputDirError(
-            f"--resume: no complete checkpoint under {out / 'checkpoints'} "
-            "(set output.save_steps to write checkpoints)"
+            f"--resume: no complete checkpoint under {root} "
+            + (
+                "whose files are intact"
+                if rejected
+                else "(set output.save_steps to write checkpoints)"
+            )
         )
+    if rejected and is_main:
+        print(f"[finetune] --resume: resuming from {checkpoint.name}", file=sys.stderr, flush=True)
     step = int(checkpoint.name.removeprefix("checkpoint-"))
     max_steps = current["train"].get("max_steps")
     if max_steps is not None and step >= max_steps:

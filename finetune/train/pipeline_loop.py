@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,12 +33,23 @@ from finetune.config.schema import RunConfig
 from finetune.data.collator import build_collator
 from finetune.data.pipeline import build_datasets
 from finetune.distributed.deepspeed import deepspeed_config, resolve_batch_values
-from finetune.distributed.launch import init_process_group, peak_memory_per_rank
+from finetune.distributed.launch import (
+    gather_per_rank,
+    init_process_group,
+    peak_memory_per_rank,
+)
 from finetune.distributed.pipeline import pipeline_module
 from finetune.distributed.watchdog import Watchdog
 from finetune.methods import load_base_model
 from finetune.preflight import preflight
-from finetune.train.checkpoints import latest_checkpoint, mark_complete, resume_checkpoint
+from finetune.train.callbacks import forget_after
+from finetune.train.checkpoints import (
+    checkpoint_step,
+    resume_checkpoint,
+    rotate_checkpoints,
+    seal_checkpoint,
+    set_aside_unusable,
+)
 from finetune.train.divergence import diverged
 from finetune.train.output import (
     CHECKPOINTS,
@@ -63,10 +73,20 @@ def train_pipeline(cfg: RunConfig, overwrite: bool = False, resume: bool = False
     init_process_group(cfg.distributed)
     rank = dist.get_rank()
     check_output_dir(out, overwrite=overwrite, resume=resume)
-    resume_from = (
-        resume_checkpoint(out, RUN_CONFIG, cfg.model_dump(mode="json")) if resume else None
-    )
+    resume_from = None
+    if resume:
+        resume_from = resume_checkpoint(
+            out,
+            RUN_CONFIG,
+            cfg.model_dump(mode="json"),
+            checksums=cfg.output.checkpoint_checksums,
+            is_main=rank == 0,
+            agree=gather_per_rank,
+        )
     dist.barrier()
+    if resume and rank == 0:
+        set_aside_unusable(out / CHECKPOINTS, resume_from)
+        forget_after(out / METRICS, checkpoint_step(resume_from))
 
     from finetune.train.runner import _build_tokenizer  # rank 0 trains, others receive
 
@@ -252,7 +272,7 @@ def _loop(
                     f.write(json.dumps(record) + "\n")
         stopping = stop.requested() is not None  # SIGTERM/SIGINT on any rank
         if stopping or (cfg.output.save_steps and step % cfg.output.save_steps == 0):
-            _save_checkpoint(engine, out / CHECKPOINTS, step, cfg.output.save_total_limit)
+            _save_checkpoint(engine, out / CHECKPOINTS, step, cfg)
             watchdog.beat()
         if stopping:
             stop.stopped_after = step
@@ -290,19 +310,13 @@ def _all_ranks_sum(tokens: int, engine) -> int:
     return int(total)
 
 
-def _save_checkpoint(engine, root: Path, step: int, keep: int | None) -> None:
+def _save_checkpoint(engine, root: Path, step: int, cfg: RunConfig) -> None:
     tag = f"checkpoint-{step}"
     engine.save_checkpoint(str(root), tag=tag, client_state={"step": step})
     dist.barrier()  # every stage has written its part
     if dist.get_rank() == 0:
-        mark_complete(root / tag)
-        complete = sorted(
-            (p for p in root.glob("checkpoint-*") if p.name.removeprefix("checkpoint-").isdigit()),
-            key=lambda p: int(p.name.removeprefix("checkpoint-")),
-        )
-        for old in complete[:-keep] if keep else []:
-            shutil.rmtree(old, ignore_errors=True)
-    assert latest_checkpoint(root) is not None or dist.get_rank() != 0
+        seal_checkpoint(root / tag, cfg.output.checkpoint_checksums)
+        rotate_checkpoints(root, cfg.output.save_total_limit)
 
 
 def _evaluate(engine, dataset: Dataset, collate, cfg: RunConfig, data_parallel: int) -> float:

@@ -47,11 +47,13 @@ from finetune.train.callbacks import (
     HeldParameters,
     MetricsLogger,
     ProgressBar,
+    forget_after,
 )
-from finetune.train.checkpoints import resume_checkpoint
+from finetune.train.checkpoints import checkpoint_step, resume_checkpoint, set_aside_unusable
 from finetune.train.divergence import DivergenceGuard, GuardedTrainer
 from finetune.train.output import (
     BASE_MODEL,
+    CHECKPOINTS,
     MERGED,
     METRICS,
     RUN_CONFIG,
@@ -122,8 +124,18 @@ def prepare_run(
     check_output_dir(out, overwrite=overwrite, resume=resume)
     resume_from = None
     if resume:
-        resume_from = resume_checkpoint(out, RUN_CONFIG, cfg.model_dump(mode="json"))
+        resume_from = resume_checkpoint(
+            out,
+            RUN_CONFIG,
+            cfg.model_dump(mode="json"),
+            checksums=cfg.output.checkpoint_checksums,
+            is_main=args.process_index == 0,
+            agree=gather_per_rank,
+        )
     _barrier()  # every rank has looked at the directory before rank 0 changes it
+    if resume and args.process_index == 0:
+        set_aside_unusable(out / CHECKPOINTS, resume_from)
+        forget_after(out / METRICS, checkpoint_step(resume_from))
 
     # A resumed run reuses the tokenizer it saved, rather than training a new one.
     tokenizer = AutoTokenizer.from_pretrained(out) if resume else _build_tokenizer(cfg)
@@ -160,7 +172,7 @@ def prepare_run(
         compute_metrics=accuracy if cfg.model.task == "sequence_classification" else None,
         callbacks=[
             MetricsLogger(out / METRICS),
-            CheckpointMarker(),
+            CheckpointMarker(cfg.output.save_total_limit, cfg.output.checkpoint_checksums),
             GracefulStop(cfg.output.stop_grace_s),
             DivergenceGuard(),
             HeldParameters(),
