@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from .conftest import run_cli
+from finetune.train.checkpoints import COMPLETE
+
+from .conftest import REPO, run_cli
 
 # The shortened quickstart: 24 steps, no evaluation, a checkpoint every step
 QUICK = [
@@ -150,3 +156,50 @@ def test_a_config_that_is_not_utf8_is_one_message(tmp_path: Path) -> None:
     assert _one_error(result) == (
         f"error: {config}:3: not UTF-8 text (byte 0xe9); save the file as UTF-8"
     )
+
+
+def _background(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "finetune.cli", *args],
+        cwd=REPO,
+        env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_two_runs_started_at_once_on_one_directory(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = [*SHORT, "--set", "logging.steps=1", "--set", f"output.dir={out}"]
+    runs = [_background("train", *args) for _ in range(2)]
+    results = [(run.wait(timeout=600), *run.communicate()) for run in runs]
+    codes = sorted(code for code, _, _ in results)
+    assert codes == [0, 2], [err[-2000:] for _, _, err in results]
+    loser = next(err for code, _, err in results if code == 2)
+    assert "is in use by another run (pid " in loser, loser[-2000:]
+    # The winner's run alone: every step logged once
+    records = [json.loads(line) for line in (out / "metrics.jsonl").open()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]
+
+
+def test_overwrite_refuses_a_directory_a_live_run_writes(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    live = _background(
+        "train", *QUICK, "--set", "train.max_steps=100000", "--set", f"output.dir={out}"
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / "checkpoints" / "checkpoint-1" / COMPLETE).exists():
+            assert live.poll() is None and time.monotonic() < deadline, live.communicate()[1]
+            time.sleep(0.1)
+        result = run_cli("train", *SHORT, "--set", f"output.dir={out}", "--overwrite")
+        assert result.returncode == 2
+        assert "is in use by another run (pid " in _one_error(result)
+        assert live.poll() is None and (out / "run_config.yaml").is_file()
+    finally:
+        live.kill()
+        live.communicate()
+    # The kernel releases the lock of a killed run: --overwrite now replaces it
+    result = run_cli("train", *SHORT, "--set", f"output.dir={out}", "--overwrite")
+    assert result.returncode == 0, result.stderr[-3000:]

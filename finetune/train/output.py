@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import fcntl
+import json
+import os
 import shutil
+import socket
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
 
 from finetune.errors import OutputDirError
 
@@ -15,6 +22,82 @@ RUN_INFO = "run_info.json"
 CHECKPOINTS = "checkpoints"
 BASE_MODEL = "base_model"  # the random base of an adapter trained on a new model
 MERGED = "merged"  # the adapter merged into its base (train.merge_adapter)
+
+
+_held_locks: dict[Path, TextIO] = {}
+
+
+def lock_path(path: Path) -> Path:
+    """The lock file of output directory `path`: `.NAME.lock` beside it, so that it outlives
+    the directory being moved aside by --overwrite (inside it only where the parent cannot
+    be written)."""
+    parent = path.parent
+    if parent.is_dir() and not os.access(parent, os.W_OK) and path.is_dir():
+        return path / ".finetune.lock"
+    return parent / f".{path.name}.lock"
+
+
+def lock_output_dir(path: Path) -> None:
+    """Take the run's exclusive lock on output directory `path`, held until the process
+    exits or `unlock_output_dir`. Call it on the job's main rank only, before anything
+    looks at or changes the directory: the other ranks and nodes of the job work under it.
+
+    The lock is `flock` on the lock file (released by the kernel when the process dies,
+    kill -9 included, so it is never stale); the holder's host, pid and command are written
+    into the file for whoever finds it taken.
+
+    Raises:
+        OutputDirError: another run holds the lock, or the lock file cannot be created.
+    """
+    key = path.absolute()
+    if key in _held_locks:
+        return
+    lock = lock_path(key)
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        f = lock.open("a+")
+    except OSError as e:
+        raise OutputDirError(
+            f"output.dir: cannot create the lock file {lock} ({e.strerror}); choose an "
+            "output.dir in a directory you can write"
+        ) from None
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip()
+        f.close()
+        try:
+            who = json.loads(holder)
+            owner = f"pid {who['pid']} on {who['host']}, started {who['started']}"
+        except (ValueError, KeyError, TypeError):
+            owner = "another process"
+        raise OutputDirError(
+            f"output.dir: {path} is in use by another run ({owner}); wait for it to end, "
+            "or choose another output.dir"
+        ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(
+        json.dumps(
+            {
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "command": " ".join(sys.argv),
+            }
+        )
+        + "\n"
+    )
+    f.flush()
+    _held_locks[key] = f
+
+
+def unlock_output_dir(path: Path) -> None:
+    """Release the lock `lock_output_dir` took (a no-op if this process holds none)."""
+    f = _held_locks.pop(path.absolute(), None)
+    if f is not None:
+        f.close()  # closing the last descriptor releases the flock
 
 
 def check_output_dir(path: Path, overwrite: bool, resume: bool) -> None:

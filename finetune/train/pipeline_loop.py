@@ -57,6 +57,7 @@ from finetune.train.output import (
     RUN_CONFIG,
     RUN_INFO,
     check_output_dir,
+    lock_output_dir,
     replacing,
 )
 from finetune.train.stopping import GracefulStop
@@ -72,6 +73,8 @@ def train_pipeline(cfg: RunConfig, overwrite: bool = False, resume: bool = False
     out = Path(cfg.output.dir)
     init_process_group(cfg.distributed)
     rank = dist.get_rank()
+    if rank == 0:
+        lock_output_dir(out)  # before anything looks at the directory; held to the end
     check_output_dir(out, overwrite=overwrite, resume=resume)
     resume_from = None
     if resume:

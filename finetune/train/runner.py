@@ -59,7 +59,9 @@ from finetune.train.output import (
     RUN_CONFIG,
     RUN_INFO,
     check_output_dir,
+    lock_output_dir,
     replacing,
+    unlock_output_dir,
 )
 from finetune.train.stopping import GracefulStop
 
@@ -95,6 +97,8 @@ def train(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> dict
     except (Interrupted, TrainingDiverged):
         shutdown_process_group()  # every rank stopped after the same step: end together
         raise
+    finally:
+        unlock_output_dir(Path(cfg.output.dir))
     # Not after other errors: they may be one rank's, and a barrier would wait for ranks
     # that are stuck in a collective (the launcher ends them once this rank exits).
     shutdown_process_group()
@@ -121,6 +125,8 @@ def prepare_run(
     args = training_arguments(
         cfg.train, cfg.logging, cfg.output, ds_config, has_eval, cfg.distributed.timeout_s
     )
+    if args.process_index == 0:
+        lock_output_dir(out)  # before anything looks at the directory; held to the end
     check_output_dir(out, overwrite=overwrite, resume=resume)
     resume_from = None
     if resume:
