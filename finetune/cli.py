@@ -12,19 +12,31 @@ from typing import Any
 
 import click
 
-from finetune.errors import FinetuneError
+from finetune.errors import FinetuneError, StorageError, os_error_message
+
+DEBUG_ENV = "FINETUNE_DEBUG"
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Print a FinetuneError as one message, no traceback, and exit with its code."""
+    """Print a FinetuneError, or an OSError (a file that cannot be read or written), as one
+    message without a traceback, and exit with its code. `finetune --debug` (or
+    FINETUNE_DEBUG=1) shows the traceback instead, for bug reports."""
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except FinetuneError as err:
-            click.echo(f"error: {err}", err=True)
-            sys.exit(err.exit_code)
+        except Exception as err:
+            if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+                raise
+            if isinstance(err, FinetuneError):
+                message, code = str(err), err.exit_code
+            elif (line := os_error_message(err)) is not None:
+                message, code = line, StorageError.exit_code
+            else:
+                raise
+            click.echo(f"error: {message}", err=True)
+            sys.exit(code)
 
     return wrapper
 
@@ -40,9 +52,16 @@ overrides_option = click.option(
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--local_rank", "--local-rank", type=int, default=None, hidden=True)
+@click.option(
+    "--debug",
+    is_flag=True,
+    help=f"Show the full traceback of an error (for bug reports); also {DEBUG_ENV}=1.",
+)
 @click.version_option(package_name="finetune")
-def cli(local_rank: int | None) -> None:
+def cli(local_rank: int | None, debug: bool) -> None:
     """Config-driven fine-tuning of Hugging Face models."""
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
     # The deepspeed launcher passes --local_rank before the subcommand; torchrun sets the
     # variable itself. Either way the rank reaches accelerate through LOCAL_RANK.
     if local_rank is not None:

@@ -108,10 +108,14 @@ class EntryWriter:
         return datasets.Dataset.from_file(str(where / DATA_FILE))
 
     def abort(self) -> None:
-        """Drop a partly written entry (an error stopped the source)."""
-        self._writer.close()
-        self._sink.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        """Drop a partly written entry (an error stopped the source, or the disk is full)."""
+        try:
+            self._writer.close()
+            self._sink.close()
+        except Exception:
+            pass
+        finally:
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
     def _flush(self) -> None:
         if self._rows["length"]:

@@ -227,10 +227,10 @@ def _tokenize_source(
     writer = EntryWriter(root if content is not None else None, key)
     try:
         stats = _encode_rows(source, cfg, tokenizer, writer)
+        dataset = writer.finish({"path": source.path, "stats": asdict(stats)})
     except BaseException:
         writer.abort()
         raise
-    dataset = writer.finish({"path": source.path, "stats": asdict(stats)})
     return _Tokenized(source, dataset, _report(name, source, stats, cached=False))
 
 

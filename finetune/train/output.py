@@ -157,3 +157,34 @@ def replacing(path: Path, overwrite: bool, is_main: bool) -> Iterator[None]:
         raise
     if moved:
         shutil.rmtree(aside)
+
+
+STAGING = ".saving"
+
+
+@contextmanager
+def staged_save(out: Path, is_main: bool) -> Iterator[Path]:
+    """Yield a directory to save the final model in; once the block succeeds, move its files
+    into `out` (each by an atomic rename), and if it raises, delete it.
+
+    A save that fails part-way (a full disk, a kill) then never leaves `out` with a
+    `config.json` whose weights are missing. Call it on every rank; only the main process
+    moves files.
+    """
+    staging = out / STAGING
+    if is_main:
+        shutil.rmtree(staging, ignore_errors=True)  # the remains of a killed save
+    try:
+        yield staging
+    except BaseException:
+        if is_main:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if is_main:
+        for path in sorted(staging.rglob("*"), key=lambda p: len(p.parts)):
+            target = out / path.relative_to(staging)
+            if path.is_dir():
+                target.mkdir(exist_ok=True)
+            else:
+                os.replace(path, target)
+        shutil.rmtree(staging)

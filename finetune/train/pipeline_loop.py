@@ -59,6 +59,7 @@ from finetune.train.output import (
     check_output_dir,
     lock_output_dir,
     replacing,
+    staged_save,
 )
 from finetune.train.stopping import GracefulStop
 
@@ -350,9 +351,10 @@ def _export(model: PreTrainedModel, module: torch.nn.Module, out: Path, rank: in
     }
     gathered: list[dict[str, torch.Tensor] | None] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, mine)
-    if rank == 0:
-        state = {name: t for part in gathered for name, t in (part or {}).items()}
-        model.load_state_dict(state, strict=False)
-        model.config.use_cache = True  # saved for generation, where the cache helps
-        model.save_pretrained(str(out))
+    with staged_save(out, rank == 0) as staging:
+        if rank == 0:
+            state = {name: t for part in gathered for name, t in (part or {}).items()}
+            model.load_state_dict(state, strict=False)
+            model.config.use_cache = True  # saved for generation, where the cache helps
+            model.save_pretrained(str(staging))
     dist.barrier()

@@ -23,6 +23,7 @@ from transformers.trainer_callback import ProgressCallback
 
 from finetune.config.loader import dump_config
 from finetune.config.schema import RunConfig
+from finetune.data.cache import cache_root
 from finetune.data.collator import build_task_collator
 from finetune.data.pipeline import prepare_data
 from finetune.data.tokenizer import MASK_TOKEN, build_tokenizer
@@ -35,7 +36,7 @@ from finetune.distributed.launch import (
 )
 from finetune.distributed.watchdog import watchdog_callbacks
 from finetune.distributed.zero import gathered_parameters
-from finetune.errors import Interrupted, TrainingDiverged
+from finetune.errors import Interrupted, StorageError, TrainingDiverged, disk_full
 from finetune.evaluate import accuracy, exact_match, prompt_answer_pairs
 from finetune.hub import check_hub, hub_callbacks, push_trained
 from finetune.methods import apply_method, load_base_model, trainable_parameters
@@ -49,7 +50,12 @@ from finetune.train.callbacks import (
     ProgressBar,
     forget_after,
 )
-from finetune.train.checkpoints import checkpoint_step, resume_checkpoint, set_aside_unusable
+from finetune.train.checkpoints import (
+    checkpoint_step,
+    latest_checkpoint,
+    resume_checkpoint,
+    set_aside_unusable,
+)
 from finetune.train.divergence import DivergenceGuard, GuardedTrainer
 from finetune.train.output import (
     BASE_MODEL,
@@ -61,6 +67,7 @@ from finetune.train.output import (
     check_output_dir,
     lock_output_dir,
     replacing,
+    staged_save,
     unlock_output_dir,
 )
 from finetune.train.stopping import GracefulStop
@@ -97,12 +104,32 @@ def train(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> dict
     except (Interrupted, TrainingDiverged):
         shutdown_process_group()  # every rank stopped after the same step: end together
         raise
+    except Exception as err:
+        out, cache = Path(cfg.output.dir), cache_root(cfg.data.cache_dir)
+        full = disk_full(err, [out, cache])
+        if full is None:
+            raise
+        raise StorageError(_disk_full_message(full, out, cache)) from err
     finally:
         unlock_output_dir(Path(cfg.output.dir))
     # Not after other errors: they may be one rank's, and a barrier would wait for ranks
     # that are stuck in a collective (the launcher ends them once this rank exits).
     shutdown_process_group()
     return summary
+
+
+def _disk_full_message(where: Path, out: Path, cache: Path) -> str:
+    what = "the data cache (data.cache_dir)" if where == cache else str(where)
+    newest = latest_checkpoint(out / CHECKPOINTS) if out.is_dir() else None
+    if newest is not None:
+        then = (
+            f"the checkpoints saved before it are intact (newest: {newest.name}); free "
+            "space, then run the same command with --resume"
+        )
+    else:
+        again = "with --overwrite" if (out / RUN_CONFIG).is_file() else "again"
+        then = f"free space (or choose a disk with room) and run the command {again}"
+    return f"no space left on device for {what}; {then}"
 
 
 def prepare_run(
@@ -219,7 +246,9 @@ def execute(run: PreparedRun) -> dict[str, Any]:
         metrics.update(_exact_match(run, "exact_match"))
 
     trainer.model.config.use_cache = True  # saved for generation, where the cache helps
-    trainer.save_model(str(out))
+    with staged_save(out, run.args.process_index == 0) as staging:
+        trainer.save_model(str(staging))
+        _barrier()  # every rank is done with it (ZeRO-3 gathers the weights on all ranks)
     summary = {
         "world_size": run.args.world_size,
         "engine": type(trainer.model_wrapped).__name__,
