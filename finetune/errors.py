@@ -112,4 +112,6 @@ def os_error_message(exc: BaseException) -> str | None:
         if isinstance(e, OSError) and e.strerror:
             reason = e.strerror[0].lower() + e.strerror[1:]
             return f"{e.filename}: {reason}" if e.filename else reason
+        if isinstance(e, OSError) and str(e):  # raised with a message alone (transformers)
+            return str(e)
     return None

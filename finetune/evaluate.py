@@ -8,6 +8,7 @@ from itertools import islice
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -138,17 +139,24 @@ def load_trained(
             f"{path}: no model here (no config.json or adapter_config.json); if its run has not "
             "finished, evaluate a checkpoint with --model DIR/checkpoints/checkpoint-N"
         )
-    if is_adapter:
-        from peft import AutoPeftModelForCausalLM
+    try:
+        if is_adapter:
+            from peft import AutoPeftModelForCausalLM
 
-        model = AutoPeftModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code)
-    else:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-        auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-        if task is not None:
-            auto = TASK_AUTO_CLASSES[task]
-        model = auto.from_pretrained(path, trust_remote_code=trust_remote_code)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+            model = AutoPeftModelForCausalLM.from_pretrained(
+                path, trust_remote_code=trust_remote_code
+            )
+        else:
+            config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+            auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+            if task is not None:
+                auto = TASK_AUTO_CLASSES[task]
+            model = auto.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, SafetensorError) as err:
+        # A damaged or truncated file: transformers says which (config.json is not valid
+        # JSON, a safetensors header that does not cover the file, ...)
+        raise FinetuneError(f"{path}: the saved model cannot be loaded: {err}") from err
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.eval(), tokenizer

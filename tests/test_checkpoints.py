@@ -15,7 +15,6 @@ from finetune.errors import OutputDirError
 from finetune.train.callbacks import forget_after
 from finetune.train.checkpoints import (
     COMPLETE,
-    latest_checkpoint,
     resume_checkpoint,
     rotate_checkpoints,
     seal_checkpoint,
@@ -164,7 +163,7 @@ def test_resume_says_which_checkpoint_it_skips(
     assert "resuming from checkpoint-4" in err
 
     (root / "checkpoint-4" / "model.safetensors").write_bytes(b"")
-    with pytest.raises(OutputDirError, match="no complete checkpoint .* whose files are intact"):
+    with pytest.raises(OutputDirError, match=r"no complete checkpoint .* whose files are intact"):
         resume_checkpoint(tmp_path, "run_config.yaml", current)
 
 

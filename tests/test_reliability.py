@@ -203,3 +203,82 @@ def test_overwrite_refuses_a_directory_a_live_run_writes(tmp_path: Path) -> None
     # The kernel releases the lock of a killed run: --overwrite now replaces it
     result = run_cli("train", *SHORT, "--set", f"output.dir={out}", "--overwrite")
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "fmt", "expected"),
+    [
+        (
+            "latin1.jsonl",
+            b'{"prompt": "caf\xe9", "completion": "x"}\n',
+            "completion",
+            "latin1.jsonl:1: not UTF-8 text (byte 0xe9); save the file as UTF-8",
+        ),
+        (
+            "latin1.txt",
+            b"first line\ncaf\xe9 au lait\n",
+            "text",
+            "latin1.txt:2: not UTF-8 text (byte 0xe9); save the file as UTF-8",
+        ),
+        (
+            "broken.parquet",
+            b"PAR1 not really",
+            "completion",
+            "broken.parquet: cannot be read as parquet: ",
+        ),
+    ],
+    ids=["jsonl", "txt", "parquet"],
+)
+def test_unreadable_data_is_one_message(
+    tmp_path: Path, name: str, content: bytes, fmt: str, expected: str
+) -> None:
+    data = tmp_path / name
+    data.write_bytes(content)
+    source = f"data.train=[{{path: {data}, format: {{type: {fmt}}}}}]"
+    result = run_cli("preprocess", *QUICK, "--set", source)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_output_dir_that_is_a_file_is_one_message(tmp_path: Path) -> None:
+    target = tmp_path / "a-file"
+    target.write_text("mine")
+    result = run_cli("train", *QUICK, "--set", f"output.dir={target}")
+    assert result.returncode == 2
+    assert "exists and is not a directory" in _one_error(result)
+    assert target.read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        (
+            lambda out: (out / "config.json").write_text('{"model_type": "deco'),
+            "config.json' is not a valid JSON file",
+        ),
+        (
+            lambda out: (out / "model.safetensors").write_bytes(
+                (out / "model.safetensors").read_bytes()[:100_000]
+            ),
+            "Error while deserializing header",
+        ),
+    ],
+    ids=["config", "weights"],
+)
+def test_generate_from_a_damaged_model_is_one_message(
+    finished_run: Path, tmp_path: Path, damage, expected: str
+) -> None:
+    out = _copy(finished_run, tmp_path)
+    damage(out)
+    result = run_cli("generate", str(out), "--prompt", "What number comes after 4?")
+    assert result.returncode == 1
+    message = _one_error(result)
+    assert message.startswith(f"error: {out}: the saved model cannot be loaded: ")
+    assert expected in message
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    result = run_cli("--debug", "generate", str(tmp_path), "--prompt", "x")
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr and "no model here" in result.stderr

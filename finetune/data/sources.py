@@ -100,12 +100,27 @@ def _sha256_files(paths: list[Path]) -> str:
 # --------------------------------------------------------------------------------------
 
 
+def _not_utf8(err: UnicodeDecodeError) -> str:
+    return f"not UTF-8 text (byte 0x{err.object[err.start]:02x}); save the file as UTF-8"
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str | InvalidRow]]:
+    """`(number, line)` for each line of a text file, 1-based; a line that is not UTF-8
+    comes as an InvalidRow, reported with the other bad rows."""
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                yield number, InvalidRow(_not_utf8(err))
+
+
 def _read_jsonl(path: Path, source: DatasetConfig) -> Iterator[Row]:
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue  # blank lines are not rows
-            where = f"{source.path}:{number}"
+    for number, line in _lines(path):
+        where = f"{source.path}:{number}"
+        if isinstance(line, InvalidRow):
+            yield where, line
+        elif line.strip():  # blank lines are not rows
             try:
                 yield where, json.loads(line)
             except json.JSONDecodeError as err:
@@ -113,7 +128,12 @@ def _read_jsonl(path: Path, source: DatasetConfig) -> Iterator[Row]:
 
 
 def _read_json(path: Path, source: DatasetConfig) -> Iterator[Row]:
-    text = path.read_text(encoding="utf-8")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise DataError(f"{source.path}:{line}: {_not_utf8(err)}") from None
     try:
         records = json.loads(text)
     except json.JSONDecodeError as err:
@@ -134,12 +154,19 @@ def _read_json(path: Path, source: DatasetConfig) -> Iterator[Row]:
 
 
 def _read_csv(path: Path, source: DatasetConfig) -> Iterator[Row]:
+    number = 0
     with path.open(encoding="utf-8", newline="") as f:
-        for number, record in enumerate(csv.DictReader(f), start=1):
-            yield f"{source.path} row {number}", record
+        try:
+            for number, record in enumerate(csv.DictReader(f), start=1):
+                yield f"{source.path} row {number}", record
+        except UnicodeDecodeError as err:
+            raise DataError(
+                f"data source {source.path}: after row {number}: {_not_utf8(err)}"
+            ) from None
 
 
 def _read_parquet(path: Path, source: DatasetConfig) -> Iterator[Row]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
@@ -149,7 +176,7 @@ def _read_parquet(path: Path, source: DatasetConfig) -> Iterator[Row]:
             for record in batch.to_pylist():
                 number += 1
                 yield f"{source.path} row {number}", record
-    except OSError as err:  # pyarrow's ArrowInvalid is an OSError subclass here
+    except (OSError, pa.ArrowException) as err:  # a damaged file is ArrowInvalid
         raise DataError(f"data source {source.path}: cannot be read as parquet: {err}") from None
 
 
@@ -160,11 +187,11 @@ def _read_txt(path: Path, source: DatasetConfig) -> Iterator[Row]:
             f"format reads (format is {source.format.type!r}); use .jsonl for structured rows"
         )
     field = source.format.text_field
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            line = line.rstrip("\r\n")
-            if line.strip():
-                yield f"{source.path}:{number}", {field: line}
+    for number, line in _lines(path):
+        if isinstance(line, InvalidRow):
+            yield f"{source.path}:{number}", line
+        elif line.strip():
+            yield f"{source.path}:{number}", {field: line.rstrip("\r\n")}
 
 
 READERS: dict[str, Callable[[Path, DatasetConfig], Iterator[Row]]] = {

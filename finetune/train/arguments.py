@@ -78,7 +78,7 @@ def training_arguments(
         max_steps=train.max_steps or -1,
         bf16=train.precision == "bf16",
         fp16=train.precision == "fp16",
-        gradient_checkpointing=train.gradient_checkpointing,
+        activation_checkpointing=train.gradient_checkpointing,
         seed=train.seed,
         logging_steps=logging.steps,
         report_to=trackers,

@@ -111,12 +111,14 @@ def check_output_dir(path: Path, overwrite: bool, resume: bool) -> None:
     """
     if overwrite and resume:
         raise OutputDirError("--overwrite and --resume exclude each other; pick one")
+    if path.exists() and not path.is_dir():
+        raise OutputDirError(
+            f"output.dir: {path} exists and is not a directory; choose another output.dir"
+        )
     if not path.exists() or not any(path.iterdir()):
         if resume:
             raise OutputDirError(f"--resume: {path} holds no run to resume")
         return
-    if not path.is_dir():
-        raise OutputDirError(f"output.dir: {path} exists and is not a directory")
     if resume:
         return
     if not overwrite:
