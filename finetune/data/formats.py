@@ -67,18 +67,28 @@ def row_text(row: Any, fmt: FormatConfig) -> str:
     return TEXTS[fmt.type](_as_record(row), fmt)
 
 
-def iter_texts(sources: list[DatasetConfig], limit: int | None = None) -> Iterator[str]:
+def iter_texts(
+    sources: list[DatasetConfig],
+    limit: int | None = None,
+    max_chars: int | None = None,
+    side: str = "right",
+) -> Iterator[str]:
     """Plain text of the sources' rows in order (bad rows skipped: the data build reports
-    them), for training a tokenizer."""
+    them), for training a tokenizer; each cut to `max_chars`, keeping the side truncation
+    keeps (a 50 MB row is mostly text no training sequence will hold, and one very long
+    word makes BPE training crawl)."""
     count = 0
     for source in sources:
         for _, row in iter_rows(source):
             if limit is not None and count >= limit:
                 return
             try:
-                yield row_text(row, source.format)
+                text = row_text(row, source.format)
             except BadRow:
                 continue
+            if max_chars is not None and len(text) > max_chars:
+                text = text[-max_chars:] if side == "left" else text[:max_chars]
+            yield text
             count += 1
 
 

@@ -245,10 +245,13 @@ def _encode_rows(
     writer: EntryWriter,
 ) -> SourceStats:
     stats = SourceStats()
+    budget = text_budget(tokenizer, cfg.max_length)
     for where, row in iter_rows(source):
         stats.rows += 1
         try:
-            encoded = encode_row(row, source.format, tokenizer)
+            encoded = encode_row(
+                cut_long_text(row, budget, cfg.truncation), source.format, tokenizer
+            )
         except BadRow as err:
             stats.bad += 1
             if len(stats.bad_examples) < MAX_REPORTED_BAD_ROWS:
@@ -276,6 +279,36 @@ def _encode_rows(
         stats.tokens += len(encoded.input_ids)
         stats.trainable_tokens += trainable
     return stats
+
+
+def text_budget(tokenizer: PreTrainedTokenizerBase, max_length: int) -> int:
+    """Characters of one text field that always hold more than `max_length` tokens.
+
+    No token covers more characters than its own string has (a byte-level token's string
+    has one character per byte), so `max_length` tokens never span more than `max_length`
+    times the longest token. Twice that leaves room for the pre-tokenizer's word boundary
+    at the cut."""
+    longest = max((len(token) for token in tokenizer.get_vocab()), default=1)
+    return 2 * max_length * max(longest, 1) + 64
+
+
+def cut_long_text(row: Any, budget: int, side: str) -> Any:
+    """`row` with every string longer than `budget` cut to `budget` characters, keeping the
+    side that truncation keeps (the start for `right`, the end for `left`).
+
+    The tokens a truncated row keeps lie within its first (or last) `budget` characters,
+    so the result is the same, while a 50 MB field no longer has to be tokenized whole
+    (byte-level BPE is superlinear in the length of one word).
+    """
+    if isinstance(row, str):
+        if len(row) <= budget:
+            return row
+        return row[-budget:] if side == "left" else row[:budget]
+    if isinstance(row, dict):
+        return {key: cut_long_text(value, budget, side) for key, value in row.items()}
+    if isinstance(row, list):
+        return [cut_long_text(value, budget, side) for value in row]
+    return row
 
 
 def truncate(encoded: Encoded, max_length: int, side: str) -> Encoded:

@@ -19,6 +19,7 @@ from finetune.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
+TRAIN_CHARS_PER_TOKEN = 32
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
 CHAT_TOKENS = ["<|im_start|>", "<|im_end|>"]
@@ -145,7 +146,11 @@ def build_tokenizer(
         ConfigError: there is nothing to load it from, or it cannot be loaded.
     """
     if cfg.train is not None:
-        return train_tokenizer(iter_texts(data.train, cfg.train.max_texts), cfg.train)
+        # No training sequence holds more than max_length tokens of a row, and a token
+        # rarely spans 32 characters: text past that is never seen whole by the model.
+        cut = TRAIN_CHARS_PER_TOKEN * data.max_length
+        texts = iter_texts(data.train, cfg.train.max_texts, cut, data.truncation)
+        return train_tokenizer(texts, cfg.train)
     source = cfg.name_or_path or model_name_or_path
     if source is None:
         raise ConfigError("tokenizer: set tokenizer.name_or_path or tokenizer.train")
@@ -187,7 +192,8 @@ def train_tokenizer_with_report(
             "tokenizer.train: not set, so there is no tokenizer to train; add a "
             "tokenizer.train section, e.g. --set tokenizer.train.vocab_size=4096"
         )
-    texts = list(iter_texts(data.train, cfg.max_texts))
+    cut = TRAIN_CHARS_PER_TOKEN * data.max_length
+    texts = list(iter_texts(data.train, cfg.max_texts, cut, data.truncation))
     if data.eval:
         train_texts, heldout = texts, list(iter_texts(data.eval))
     else:
