@@ -120,6 +120,13 @@ class TransformerConfig(PreTrainedConfig):
         if self.positions != "rope":
             # The base class fills in default rope parameters for every config: meaningless here
             self.rope_parameters = None
+        plan = type(self).base_model_tp_plan
+        if plan and self.ffn != "swiglu":
+            # A plain feed-forward has no gate_proj: the plan names only modules that exist
+            # (an instance attribute; transformers never writes the plan into config.json)
+            self.base_model_tp_plan = {
+                key: style for key, style in plan.items() if not key.endswith(".gate_proj")
+            }
         self.auto_map = {**self.family_auto_map, **(getattr(self, "auto_map", None) or {})}
         self.validate_architecture()
         if self.positions == "rope":

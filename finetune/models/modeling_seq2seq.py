@@ -83,6 +83,32 @@ class FinetuneSeq2SeqPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
 
+    def init_parallel_plans(self) -> None:
+        """The tensor-parallel plan as it fits this family.
+
+        transformers gives every stack (encoder, decoder and the model holding them) the
+        config's `base_model_tp_plan` and shards each stack's `embed_tokens` over the
+        vocabulary. Here the stacks and the tied head share one table, `shared`, which a
+        stack's plan cannot shard consistently: the embeddings stay whole (and so does a head
+        tied to them), the encoder has no cross-attention to shard, and the model holding the
+        stacks has no `layers` of its own.
+        """
+        super().init_parallel_plans()
+        plan = self._tp_plan
+        if not plan:
+            return
+        if "embed_tokens" in plan:
+            plan["embed_tokens"] = "replicate"
+        if isinstance(self, FinetuneSeq2SeqEncoder):
+            self._tp_plan = {k: v for k, v in plan.items() if ".cross_attn." not in k}
+        elif isinstance(self, FinetuneSeq2SeqModel):
+            self._tp_plan = {k: v for k, v in plan.items() if not k.startswith("layers.")}
+        elif (
+            isinstance(self, FinetuneSeq2SeqForConditionalGeneration)
+            and self.config.tie_word_embeddings
+        ):
+            plan["lm_head"] = "replicate"
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
