@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from finetune.errors import OutputDirError
-from finetune.train.callbacks import forget_after
 from finetune.train.checkpoints import (
     COMPLETE,
     resume_checkpoint,
@@ -22,6 +21,7 @@ from finetune.train.checkpoints import (
     usable_checkpoint,
     verify_checkpoint,
 )
+from finetune.train.output import forget_after
 from tests.conftest import REPO
 
 FILES = {

@@ -299,8 +299,9 @@ class DistributedConfig(Section):
     """Shard every linear layer over this many ranks (DeepSpeed AutoTP)."""
 
     timeout_s: int = Field(1800, ge=10)
-    """Process-group timeout: a collective that waits longer (a rank died or hangs) fails
-    and the job exits non-zero instead of hanging."""
+    """A rank that makes no progress (no step, evaluation or save) for this long, because
+    another rank died or hangs, exits with code 3 and the launcher stops the job. Collectives
+    time out a little later, as a backstop before training starts."""
 
     @model_validator(mode="after")
     def _one_source(self) -> DistributedConfig:

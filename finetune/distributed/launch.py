@@ -19,13 +19,25 @@ def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def collective_timeout_s(timeout_s: int) -> int:
+    """The process group's timeout for a run with `distributed.timeout_s`.
+
+    Once training has begun, the watchdog (finetune.distributed.watchdog) ends a rank that
+    makes no progress for `timeout_s`, with a message and exit code 3. A collective stuck on
+    a hung rank must not fail first with gloo's or NCCL's own traceback: when both were
+    `timeout_s` the two raced, and either could win. The collective timeout is therefore a
+    backstop, later than the watchdog's latest check, for the waits before training starts
+    (data, model building), where no watchdog runs."""
+    return timeout_s + 2 * min(5, timeout_s // 10) + 10
+
+
 def init_process_group(cfg: DistributedConfig) -> None:
-    """Start the process group for a launched DeepSpeed run, with `cfg.timeout_s`.
+    """Start the process group for a launched DeepSpeed run, with the run's timeout.
 
     It must exist before a ZeRO-3 model is built (parameters are partitioned as they are
-    created) and before accelerate starts one with its own default timeout. The timeout is
-    what ends a job whose rank hangs: every collective waiting on it fails after
-    `timeout_s`, the rank exits non-zero and the launcher stops the others.
+    created) and before accelerate starts one with its own default timeout. Every
+    collective waiting on a rank that died or hangs fails after `collective_timeout_s`, the
+    rank exits non-zero and the launcher stops the others.
     """
     import torch.distributed as dist
 
@@ -36,7 +48,9 @@ def init_process_group(cfg: DistributedConfig) -> None:
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "gloo":
         share_cpu_threads()
-    deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(seconds=cfg.timeout_s))
+    deepspeed.init_distributed(
+        dist_backend=backend, timeout=timedelta(seconds=collective_timeout_s(cfg.timeout_s))
+    )
     if backend == "gloo":
         _unlink_shm_allreduce_buffer()
 

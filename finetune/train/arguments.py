@@ -11,6 +11,7 @@ import torch
 from transformers import TrainingArguments
 
 from finetune.config.schema import LoggingConfig, OutputConfig, TrainConfig
+from finetune.distributed.launch import collective_timeout_s
 
 
 def report_to(cfg: LoggingConfig) -> list[str]:
@@ -91,7 +92,7 @@ def training_arguments(
         # size of 1, and each rank trains alone on all the data.
         use_cpu=not torch.cuda.is_available(),
         deepspeed=deepspeed,
-        ddp_timeout=timeout_s,
+        ddp_timeout=collective_timeout_s(timeout_s),
         remove_unused_columns=False,
         disable_tqdm=False,
         include_num_input_tokens_seen="non_padding",

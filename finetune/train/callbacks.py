@@ -57,19 +57,6 @@ class MetricsLogger(TrainerCallback):
             f.write(json.dumps(record) + "\n")
 
 
-def forget_after(path: Path, step: int) -> None:
-    """Drop the records of steps after `step` from a metrics file: a resumed run logs those
-    steps again, and a step must appear once."""
-    if not path.is_file():
-        return
-    lines = path.read_text().splitlines(keepends=True)
-    kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
-    if len(kept) < len(lines):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(kept))
-        tmp.replace(path)
-
-
 class CheckpointMarker(TrainerCallback):
     """Seal each checkpoint once every rank has written its part, then rotate.
 

@@ -22,12 +22,23 @@ import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from finetune.errors import OutputDirError
-from finetune.train.output import RUN_INFO
+from finetune.train.output import (
+    CHECKPOINTS,
+    METRICS,
+    RUN_CONFIG,
+    RUN_INFO,
+    check_output_dir,
+    forget_after,
+    lock_output_dir,
+)
+
+if TYPE_CHECKING:
+    from finetune.config.schema import RunConfig
 
 logger = logging.getLogger(__name__)
 
@@ -204,6 +215,40 @@ def set_aside_unusable(root: Path, chosen: Path | None) -> None:
             logger.warning("%s was damaged: kept as %s", path.name, aside)
         else:
             shutil.rmtree(path, ignore_errors=True)
+
+
+def open_output_dir(
+    cfg: RunConfig, overwrite: bool, resume: bool, is_main: bool, barrier: Callable[[], None]
+) -> Path | None:
+    """Take the run's output directory, on every rank; with `resume`, return the checkpoint
+    to resume from (the same on every rank), else None.
+
+    The main rank locks the directory first; every rank checks it may be used as asked
+    (`check_output_dir`) and, with --resume, the ranks agree on the newest intact
+    checkpoint. Then the main rank sets aside what the resumed run would otherwise mix with
+    (damaged or unsealed newer checkpoints, metrics of steps it will log again).
+    """
+    from finetune.distributed.launch import gather_per_rank
+
+    out = Path(cfg.output.dir)
+    if is_main:
+        lock_output_dir(out)  # before anything looks at the directory; held to the end
+    check_output_dir(out, overwrite=overwrite, resume=resume)
+    resume_from = None
+    if resume:
+        resume_from = resume_checkpoint(
+            out,
+            RUN_CONFIG,
+            cfg.model_dump(mode="json"),
+            checksums=cfg.output.checkpoint_checksums,
+            is_main=is_main,
+            agree=gather_per_rank,
+        )
+    barrier()  # every rank has looked at the directory before the main rank changes it
+    if resume_from is not None and is_main:
+        set_aside_unusable(out / CHECKPOINTS, resume_from)
+        forget_after(out / METRICS, checkpoint_step(resume_from))
+    return resume_from
 
 
 def resume_checkpoint(

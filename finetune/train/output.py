@@ -190,3 +190,16 @@ def staged_save(out: Path, is_main: bool) -> Iterator[Path]:
             else:
                 os.replace(path, target)
         shutil.rmtree(staging)
+
+
+def forget_after(path: Path, step: int) -> None:
+    """Drop the records of steps after `step` from a metrics file: a resumed run logs those
+    steps again, and a step must appear once."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+    if len(kept) < len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept))
+        tmp.replace(path)

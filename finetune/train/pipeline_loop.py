@@ -34,7 +34,6 @@ from finetune.data.collator import build_collator
 from finetune.data.pipeline import build_datasets
 from finetune.distributed.deepspeed import deepspeed_config, resolve_batch_values
 from finetune.distributed.launch import (
-    gather_per_rank,
     init_process_group,
     peak_memory_per_rank,
 )
@@ -42,22 +41,13 @@ from finetune.distributed.pipeline import pipeline_module
 from finetune.distributed.watchdog import Watchdog
 from finetune.methods import load_base_model
 from finetune.preflight import preflight
-from finetune.train.callbacks import forget_after
-from finetune.train.checkpoints import (
-    checkpoint_step,
-    resume_checkpoint,
-    rotate_checkpoints,
-    seal_checkpoint,
-    set_aside_unusable,
-)
+from finetune.train.checkpoints import open_output_dir, rotate_checkpoints, seal_checkpoint
 from finetune.train.divergence import diverged
 from finetune.train.output import (
     CHECKPOINTS,
     METRICS,
     RUN_CONFIG,
     RUN_INFO,
-    check_output_dir,
-    lock_output_dir,
     replacing,
     staged_save,
 )
@@ -74,23 +64,7 @@ def train_pipeline(cfg: RunConfig, overwrite: bool = False, resume: bool = False
     out = Path(cfg.output.dir)
     init_process_group(cfg.distributed)
     rank = dist.get_rank()
-    if rank == 0:
-        lock_output_dir(out)  # before anything looks at the directory; held to the end
-    check_output_dir(out, overwrite=overwrite, resume=resume)
-    resume_from = None
-    if resume:
-        resume_from = resume_checkpoint(
-            out,
-            RUN_CONFIG,
-            cfg.model_dump(mode="json"),
-            checksums=cfg.output.checkpoint_checksums,
-            is_main=rank == 0,
-            agree=gather_per_rank,
-        )
-    dist.barrier()
-    if resume and rank == 0:
-        set_aside_unusable(out / CHECKPOINTS, resume_from)
-        forget_after(out / METRICS, checkpoint_step(resume_from))
+    resume_from = open_output_dir(cfg, overwrite, resume, rank == 0, dist.barrier)
 
     from finetune.train.runner import _build_tokenizer  # rank 0 trains, others receive
 

@@ -48,14 +48,8 @@ from finetune.train.callbacks import (
     HeldParameters,
     MetricsLogger,
     ProgressBar,
-    forget_after,
 )
-from finetune.train.checkpoints import (
-    checkpoint_step,
-    latest_checkpoint,
-    resume_checkpoint,
-    set_aside_unusable,
-)
+from finetune.train.checkpoints import latest_checkpoint, open_output_dir
 from finetune.train.divergence import DivergenceGuard, GuardedTrainer
 from finetune.train.output import (
     BASE_MODEL,
@@ -64,8 +58,6 @@ from finetune.train.output import (
     METRICS,
     RUN_CONFIG,
     RUN_INFO,
-    check_output_dir,
-    lock_output_dir,
     replacing,
     staged_save,
     unlock_output_dir,
@@ -152,23 +144,7 @@ def prepare_run(
     args = training_arguments(
         cfg.train, cfg.logging, cfg.output, ds_config, has_eval, cfg.distributed.timeout_s
     )
-    if args.process_index == 0:
-        lock_output_dir(out)  # before anything looks at the directory; held to the end
-    check_output_dir(out, overwrite=overwrite, resume=resume)
-    resume_from = None
-    if resume:
-        resume_from = resume_checkpoint(
-            out,
-            RUN_CONFIG,
-            cfg.model_dump(mode="json"),
-            checksums=cfg.output.checkpoint_checksums,
-            is_main=args.process_index == 0,
-            agree=gather_per_rank,
-        )
-    _barrier()  # every rank has looked at the directory before rank 0 changes it
-    if resume and args.process_index == 0:
-        set_aside_unusable(out / CHECKPOINTS, resume_from)
-        forget_after(out / METRICS, checkpoint_step(resume_from))
+    resume_from = open_output_dir(cfg, overwrite, resume, args.process_index == 0, _barrier)
 
     # A resumed run reuses the tokenizer it saved, rather than training a new one.
     tokenizer = AutoTokenizer.from_pretrained(out) if resume else _build_tokenizer(cfg)
