@@ -11,6 +11,7 @@ multi-process run the runner lets rank 0 go first, so the other ranks only read.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import json
 import os
@@ -109,13 +110,11 @@ class EntryWriter:
 
     def abort(self) -> None:
         """Drop a partly written entry (an error stopped the source, or the disk is full)."""
-        try:
+        # On a full disk the close fails like the write did; the files go either way
+        with contextlib.suppress(Exception):
             self._writer.close()
             self._sink.close()
-        except Exception:
-            pass
-        finally:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
     def _flush(self) -> None:
         if self._rows["length"]:

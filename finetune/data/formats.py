@@ -67,6 +67,14 @@ def row_text(row: Any, fmt: FormatConfig) -> str:
     return TEXTS[fmt.type](_as_record(row), fmt)
 
 
+def keep_side(text: str, max_chars: int, side: str) -> str:
+    """`text` cut to `max_chars` characters, keeping the side truncation keeps: the start
+    for `right`, the end for `left`."""
+    if len(text) <= max_chars:
+        return text
+    return text[-max_chars:] if side == "left" else text[:max_chars]
+
+
 def iter_texts(
     sources: list[DatasetConfig],
     limit: int | None = None,
@@ -86,9 +94,7 @@ def iter_texts(
                 text = row_text(row, source.format)
             except BadRow:
                 continue
-            if max_chars is not None and len(text) > max_chars:
-                text = text[-max_chars:] if side == "left" else text[:max_chars]
-            yield text
+            yield text if max_chars is None else keep_side(text, max_chars, side)
             count += 1
 
 

@@ -20,7 +20,7 @@ from transformers import PreTrainedTokenizerBase
 from finetune.config.data import DataConfig, DatasetConfig
 from finetune.data.cache import EntryWriter, cache_key, cache_root, load_entry
 from finetune.data.collator import IGNORE_INDEX
-from finetune.data.formats import BadRow, Encoded, encode_row, iter_texts
+from finetune.data.formats import BadRow, Encoded, encode_row, iter_texts, keep_side
 from finetune.data.packing import PackedDataset
 from finetune.data.sources import iter_rows, source_fingerprint
 from finetune.data.tokenizer import build_tokenizer, ensure_chat_template, tokenizer_fingerprint
@@ -301,9 +301,7 @@ def cut_long_text(row: Any, budget: int, side: str) -> Any:
     (byte-level BPE is superlinear in the length of one word).
     """
     if isinstance(row, str):
-        if len(row) <= budget:
-            return row
-        return row[-budget:] if side == "left" else row[:budget]
+        return keep_side(row, budget, side)
     if isinstance(row, dict):
         return {key: cut_long_text(value, budget, side) for key, value in row.items()}
     if isinstance(row, list):

@@ -93,6 +93,11 @@ def _checkpoint_dirs(root: Path) -> list[Path]:
     return sorted(found, key=checkpoint_step)
 
 
+def _sealed(dirs: list[Path]) -> list[Path]:
+    """Those of `dirs` whose manifest is written, in the same order."""
+    return [p for p in dirs if (p / COMPLETE).is_file()]
+
+
 def seal_checkpoint(checkpoint: Path, checksums: bool = True) -> None:
     """Write the manifest that makes `checkpoint` complete: every file with its size (and
     SHA-256 with `checksums`). Call it once every rank has written its part."""
@@ -140,7 +145,7 @@ def rotate_checkpoints(root: Path, keep: int | None) -> None:
     """Keep the newest `keep` complete checkpoints (all with None); delete older ones and
     any unsealed directory older than the newest complete one (the remains of a kill)."""
     dirs = _checkpoint_dirs(root)
-    complete = [p for p in dirs if (p / COMPLETE).is_file()]
+    complete = _sealed(dirs)
     if not complete:
         return
     newest = checkpoint_step(complete[-1])
@@ -156,7 +161,7 @@ def latest_checkpoint(root: Path) -> Path | None:
 
     Half-written checkpoints (a run killed while saving) have no manifest and are skipped.
     """
-    complete = [p for p in _checkpoint_dirs(root) if (p / COMPLETE).is_file()]
+    complete = _sealed(_checkpoint_dirs(root))
     return complete[-1] if complete else None
 
 
@@ -169,10 +174,10 @@ def verify_checkpoint(checkpoint: Path, checksums: bool = True) -> str | None:
     if not text.strip():
         return None  # sealed by finetune before manifests: nothing recorded to check
     try:
-        manifest = json.loads(text)
-        files = manifest["files"]
-        assert isinstance(files, dict) and files
-    except (ValueError, KeyError, TypeError, AssertionError):
+        files = json.loads(text)["files"]
+    except (ValueError, KeyError, TypeError):
+        files = None
+    if not isinstance(files, dict) or not files:
         return "its manifest is damaged"
     for name, record in files.items():
         path = checkpoint / name
@@ -192,7 +197,7 @@ def usable_checkpoint(root: Path, checksums: bool = True) -> tuple[Path | None, 
     """The newest complete checkpoint whose files verify, and what was wrong with each newer
     one (as `checkpoint-N: reason`)."""
     rejected = []
-    for path in reversed([p for p in _checkpoint_dirs(root) if (p / COMPLETE).is_file()]):
+    for path in reversed(_sealed(_checkpoint_dirs(root))):
         problem = verify_checkpoint(path, checksums)
         if problem is None:
             return path, rejected
@@ -284,7 +289,7 @@ def resume_checkpoint(
     _refuse_finished_run(out, current["train"].get("max_steps"))
     for name in FINAL_MODEL_FILES:  # a final save cut short must not be read back
         (out / name).unlink(missing_ok=True)
-    root = out / "checkpoints"
+    root = out / CHECKPOINTS
     # The main rank reads every file back against its checksum; the others check sizes
     # only, and every rank takes the oldest of the ranks' choices.
     checkpoint, rejected = usable_checkpoint(root, checksums and is_main)
