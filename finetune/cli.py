@@ -15,6 +15,8 @@ import click
 from finetune.errors import FinetuneError, StorageError, os_error_message
 
 DEBUG_ENV = "FINETUNE_DEBUG"
+# Commands that never load torch (nor DeepSpeed): they start in well under a second.
+TORCH_FREE_COMMANDS = frozenset({"push", "config"})
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -58,8 +60,13 @@ overrides_option = click.option(
     help=f"Show the full traceback of an error (for bug reports); also {DEBUG_ENV}=1.",
 )
 @click.version_option(package_name="finetune")
-def cli(local_rank: int | None, debug: bool) -> None:
+@click.pass_context
+def cli(ctx: click.Context, local_rank: int | None, debug: bool) -> None:
     """Config-driven fine-tuning of Hugging Face models."""
+    if ctx.invoked_subcommand not in TORCH_FREE_COMMANDS and not _has_cuda():
+        # Name the accelerator DeepSpeed would pick anyway: its detection otherwise prints
+        # a warning on stdout, which would corrupt the JSON that `eval` prints there.
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if debug:
         os.environ[DEBUG_ENV] = "1"
     # The deepspeed launcher passes --local_rank before the subcommand; torchrun sets the
@@ -107,7 +114,14 @@ def validate(config: str, overrides: tuple[str, ...]) -> None:
 
 @cli.command()
 @click.argument("model_dir", type=click.Path(file_okay=False))
-@click.option("--prompt", required=True, help="Text to continue (or the user turn, with --chat).")
+@click.option(
+    "--prompt",
+    "prompts",
+    required=True,
+    multiple=True,
+    help="Text to continue (or the user turn, with --chat). Repeat it for several prompts: "
+    "the model loads once and each result is a JSON line {prompt, text}.",
+)
 @click.option("--chat", is_flag=True, help="Wrap the prompt in the tokenizer's chat template.")
 @click.option("--system", default=None, help="System turn for --chat.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
@@ -126,7 +140,7 @@ def validate(config: str, overrides: tuple[str, ...]) -> None:
 @user_errors
 def generate(
     model_dir: str,
-    prompt: str,
+    prompts: tuple[str, ...],
     chat: bool,
     system: str | None,
     max_new_tokens: int,
@@ -137,7 +151,7 @@ def generate(
     seed: int | None,
     trust_remote_code: bool,
 ) -> None:
-    """Generate a continuation of --prompt with the model saved in MODEL_DIR."""
+    """Generate a continuation of each --prompt with the model saved in MODEL_DIR."""
     from transformers import set_seed
 
     from finetune.evaluate import generate_text, load_trained
@@ -145,19 +159,20 @@ def generate(
     if seed is not None:
         set_seed(seed)
     model, tokenizer = load_trained(model_dir, trust_remote_code)
-    text = generate_text(
-        model,
-        tokenizer,
-        prompt,
-        chat=chat,
-        system=system,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        num_beams=num_beams,
-    )
-    click.echo(text)
+    for prompt in prompts:
+        text = generate_text(
+            model,
+            tokenizer,
+            prompt,
+            chat=chat,
+            system=system,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            num_beams=num_beams,
+        )
+        click.echo(text if len(prompts) == 1 else json.dumps({"prompt": prompt, "text": text}))
 
 
 @cli.command()
@@ -411,10 +426,6 @@ def push(
 
 def main() -> None:
     """Console-script entry point."""
-    if not _has_cuda():
-        # Name the accelerator DeepSpeed would pick anyway: its detection otherwise prints
-        # a warning on stdout, which would corrupt the JSON that `eval` prints there.
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     cli(prog_name="finetune")
 
 

@@ -21,6 +21,7 @@ from transformers import (
     TrainingArguments,
 )
 
+import finetune.models  # noqa: F401  (registers the project's architectures)
 from finetune.config.data import DatasetConfig
 from finetune.config.schema import RunConfig
 from finetune.data.collator import build_task_collator

@@ -1,4 +1,4 @@
-"""The README's first command: the shipped quickstart meets its stated bar."""
+"""The README's first command: the shipped quickstart config meets its bar (at half its steps)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,21 @@ from tests.conftest import REPO, run_cli
 pytestmark = pytest.mark.slow
 
 QUICKSTART = REPO / "configs" / "examples" / "quickstart.yaml"
+QUICKSTART_TEST_STEPS = 1000
 
 
 @pytest.fixture(scope="module")
 def quickstart(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, float]:
     out = tmp_path_factory.mktemp("quickstart") / "out"
     start = time.monotonic()
-    result = run_cli("train", str(QUICKSTART), "--set", f"output.dir={out}", timeout=900)
+    # Half the shipped schedule, to keep CI short: measured at 1000 steps exact match is
+    # about 0.78 (the shipped 2000 steps reach about 0.96), well clear of the 0.5 bar.
+    result = run_cli(
+        "train",
+        str(QUICKSTART),
+        *("--set", f"output.dir={out}", "--set", f"train.max_steps={QUICKSTART_TEST_STEPS}"),
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result.stdout, time.monotonic() - start
 
@@ -49,11 +57,19 @@ def test_eval_command_reproduces_the_final_evaluation(quickstart: tuple[Path, st
 def test_generate_answers_a_held_out_question(quickstart: tuple[Path, str, float]) -> None:
     out, _, _ = quickstart
     rows = [json.loads(line) for line in (REPO / "finetune/resources/arithmetic/eval.jsonl").open()]
-    answered = 0
-    for row in rows[:5]:
-        result = run_cli("generate", str(out), "--prompt", row["prompt"], "--max-new-tokens", "6")
-        assert result.returncode == 0, result.stderr[-2000:]
-        answered += result.stdout.strip() == row["completion"].strip()
+    single = run_cli("generate", str(out), "--prompt", rows[0]["prompt"], "--max-new-tokens", "6")
+    assert single.returncode == 0, single.stderr[-2000:]
+    # Several prompts: the model loads once, one JSON line per prompt, in order
+    prompts = [arg for row in rows[:5] for arg in ("--prompt", row["prompt"])]
+    result = run_cli("generate", str(out), *prompts, "--max-new-tokens", "6")
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["prompt"] for line in lines] == [row["prompt"] for row in rows[:5]]
+    assert lines[0]["text"].strip() == single.stdout.strip()
+    answered = sum(
+        line["text"].strip() == row["completion"].strip()
+        for line, row in zip(lines, rows[:5], strict=True)
+    )
     assert answered >= 2  # exact match is >= 50% over 200 rows; 5 greedy answers agree
 
 

@@ -18,6 +18,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+import finetune.models  # noqa: F401  (registers the project's architectures)
 from finetune.config.schema import (
     ModelConfig,
     QLoraMethod,

@@ -8,6 +8,7 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+import finetune.models  # noqa: F401  (registers the project's architectures)
 from finetune.errors import FinetuneError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

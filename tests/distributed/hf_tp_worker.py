@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-import finetune  # noqa: F401  (registers the project's architectures)
+import finetune.models  # noqa: F401  (registers the project's architectures)
 
 
 def main(model_dir: str, out_file: str) -> None:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import yaml
 from huggingface_hub import ModelCard
 from PIL import Image
 
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 
 from .conftest import (
     FULL_FILES,
@@ -140,3 +143,30 @@ def test_no_token_reached_the_hub_storage(fake_hub: FakeHub, full_run: Run, lora
     for blob in (fake_hub.root / "blobs").iterdir():
         content = blob.read_bytes()
         assert not any(token.encode() in content for token in TOKENS), blob
+
+
+def test_push_loads_neither_torch_nor_transformers(
+    fake_hub: FakeHub, lora_run: Run, tmp_path
+) -> None:
+    """`finetune push` reads files and talks HTTP: it starts in well under a second because
+    it imports neither torch nor transformers (nor the model registry that needs both)."""
+    env = hub_env(fake_hub, tmp_path / "hf_home")
+    script = (
+        "import atexit, sys\n"
+        "heavy = ('torch', 'transformers', 'finetune.models')\n"
+        "atexit.register(lambda: print('loaded:', [m for m in heavy if m in sys.modules]))\n"
+        "from finetune.cli import main\n"
+        "sys.argv[0] = 'finetune'\n"
+        "main()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, "push", str(lora_run.out), "--repo-id", "alice/light"],
+        cwd=REPO,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "pushed" in result.stdout
+    assert result.stdout.strip().endswith("loaded: []")
