@@ -37,10 +37,20 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                 message, code = line, StorageError.exit_code
             else:
                 raise
+            _close_progress_bars()
             click.echo(f"error: {message}", err=True)
             sys.exit(code)
 
     return wrapper
+
+
+def _close_progress_bars() -> None:
+    """Close the progress bars a failure left open (the Trainer's closes only when training
+    ends), so that the error starts a line of its own instead of following the bar."""
+    std = sys.modules.get("tqdm.std")
+    if std is not None:
+        for bar in list(std.tqdm._instances):  # every open bar, tqdm.auto's included
+            bar.close()
 
 
 overrides_option = click.option(
@@ -245,7 +255,7 @@ def eval_command(target: str, overrides: tuple[str, ...], model_dir: str | None)
 
     from finetune.config import load_config
     from finetune.evaluate import evaluate_model
-    from finetune.train.output import RUN_CONFIG
+    from finetune.layout import RUN_CONFIG
 
     path = Path(target)
     if path.is_dir():  # a run's output directory: its config, and the model saved in it

@@ -29,6 +29,7 @@ from finetune.data.formats import chat_messages
 from finetune.data.pipeline import build_datasets
 from finetune.data.sources import InvalidRow, iter_rows
 from finetune.errors import ConfigError, FinetuneError
+from finetune.layout import STAGING, save_being_moved
 from finetune.methods.base import TASK_AUTO_CLASSES
 
 
@@ -134,6 +135,12 @@ def load_trained(
         FinetuneError: `model_dir` holds no model.
     """
     path = Path(model_dir)
+    if save_being_moved(path):
+        raise FinetuneError(
+            f"{path}: its final model is being moved into place, or a run was killed doing "
+            f"so ({path / STAGING} holds the rest); wait for the run to end, or finish the "
+            "move with `finetune train RUN_CONFIG --resume` on it"
+        )
     is_adapter = (path / "adapter_config.json").is_file()
     if not is_adapter and not (path / "config.json").is_file():
         raise FinetuneError(

@@ -6,6 +6,7 @@ import os
 import random
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,11 +75,18 @@ def write_config(path: Path, cfg: dict[str, Any]) -> Path:
     return path
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, **env: str):
-    """Run `python -m finetune.cli ARGS` in a subprocess and return the CompletedProcess."""
+def run_cli(
+    *args: str,
+    cwd: Path | None = None,
+    timeout: int = 600,
+    prefix: Sequence[str] = (),
+    **env: str,
+):
+    """Run `python -m finetune.cli ARGS` in a subprocess (under `prefix`, a command such as
+    setpriv that runs the rest) and return the CompletedProcess."""
     full_env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **env}
     return subprocess.run(
-        [sys.executable, "-m", "finetune.cli", *args],
+        [*prefix, sys.executable, "-m", "finetune.cli", *args],
         cwd=cwd or REPO,
         env=full_env,
         capture_output=True,

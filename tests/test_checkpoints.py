@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from finetune.errors import OutputDirError
+from finetune.layout import STAGED, STAGING, save_being_moved
 from finetune.train.checkpoints import (
-    COMPLETE,
+    CHECKPOINT_MANIFEST,
     resume_checkpoint,
     rotate_checkpoints,
     seal_checkpoint,
@@ -21,7 +22,7 @@ from finetune.train.checkpoints import (
     usable_checkpoint,
     verify_checkpoint,
 )
-from finetune.train.output import forget_after
+from finetune.train.output import finish_staged_save, forget_after, staged_save
 from tests.conftest import REPO
 
 FILES = {
@@ -45,7 +46,7 @@ def make_checkpoint(root: Path, step: int, seal: bool = True) -> Path:
 
 def test_manifest_lists_every_file_with_size_and_checksum(tmp_path: Path) -> None:
     path = make_checkpoint(tmp_path, 4)
-    manifest = json.loads((path / COMPLETE).read_text())
+    manifest = json.loads((path / CHECKPOINT_MANIFEST).read_text())
     assert manifest["step"] == 4
     assert set(manifest["files"]) == set(FILES)  # nested DeepSpeed shards included
     assert manifest["files"]["optimizer.pt"]["size"] == 8192
@@ -71,7 +72,7 @@ def test_manifest_lists_every_file_with_size_and_checksum(tmp_path: Path) -> Non
             lambda p: (p / "model.safetensors").write_bytes(b"w" * 2048 + b"x" + b"w" * 2047),
             "model.safetensors does not match its checksum",
         ),
-        (lambda p: (p / COMPLETE).write_text('{"files": '), "its manifest is damaged"),
+        (lambda p: (p / CHECKPOINT_MANIFEST).write_text('{"files": '), "its manifest is damaged"),
     ],
     ids=["optimizer", "scheduler", "zero-shard", "truncated", "bit-flip", "manifest"],
 )
@@ -91,7 +92,7 @@ def test_without_checksums_sizes_are_still_checked(tmp_path: Path) -> None:
 
 def test_a_checkpoint_sealed_before_manifests_is_accepted(tmp_path: Path) -> None:
     path = make_checkpoint(tmp_path, 4, seal=False)
-    (path / COMPLETE).write_text("")  # what finetune wrote before manifests
+    (path / CHECKPOINT_MANIFEST).write_text("")  # what finetune wrote before manifests
     assert verify_checkpoint(path) is None
 
 
@@ -141,7 +142,7 @@ def test_kill_during_rotation_leaves_no_half_checkpoint_that_counts(tmp_path: Pa
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True)
     assert result.returncode == -9, result.stderr.decode()[-2000:]
     old = tmp_path / "checkpoint-4"
-    assert old.is_dir() and not (old / COMPLETE).exists()  # the manifest went first
+    assert old.is_dir() and not (old / CHECKPOINT_MANIFEST).exists()  # the manifest went first
     chosen, rejected = usable_checkpoint(tmp_path)
     assert chosen == tmp_path / "checkpoint-8" and rejected == []
     rotate_checkpoints(tmp_path, keep=1)  # the next save's rotation clears the remains
@@ -184,3 +185,55 @@ def test_metrics_of_replayed_steps_are_forgotten(tmp_path: Path) -> None:
     path.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, 9)))
     forget_after(path, 5)
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3, 4, 5]
+
+
+def _final_model(out: Path, weights: bytes, shards: int = 0) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text('{"model_type": "decoder"}')
+    if shards:
+        for i in range(1, shards + 1):
+            (out / f"model-0000{i}-of-0000{shards}.safetensors").write_bytes(weights)
+        (out / "model.safetensors.index.json").write_text("{}")
+    else:
+        (out / "model.safetensors").write_bytes(weights)
+
+
+def test_a_final_save_moves_in_whole_and_replaces_the_earlier_one(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    _final_model(out, b"old", shards=2)  # an earlier final save, sharded
+    (out / "run_config.yaml").write_text("mine")
+    with staged_save(out, is_main=True) as staging:
+        _final_model(staging, b"new")
+        assert not (out / "model.safetensors").exists()  # nothing moves before the end
+    assert (out / "model.safetensors").read_bytes() == b"new"
+    # the earlier shards and their index would be loaded instead of the new weights
+    assert not list(out.glob("model-*")) and not (out / "model.safetensors.index.json").exists()
+    assert (out / "run_config.yaml").read_text() == "mine" and not (out / STAGING).exists()
+
+
+def test_a_failed_final_save_leaves_the_earlier_model(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    _final_model(out, b"old")
+    with pytest.raises(OSError), staged_save(out, is_main=True) as staging:
+        _final_model(staging, b"new")
+        raise OSError(28, "No space left on device")
+    assert (out / "model.safetensors").read_bytes() == b"old" and not (out / STAGING).exists()
+
+
+def test_a_move_cut_short_is_finished_and_an_unfinished_save_dropped(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    _final_model(out, b"old", shards=2)
+    staging = out / STAGING
+    _final_model(staging, b"new")
+    (staging / STAGED).write_text(json.dumps({"files": ["config.json", "model.safetensors"]}))
+    (staging / "config.json").replace(out / "config.json")  # killed after the first move
+    assert save_being_moved(out)
+    assert finish_staged_save(out)
+    assert (out / "model.safetensors").read_bytes() == b"new"
+    assert not list(out.glob("model-*")) and not staging.exists() and not save_being_moved(out)
+    assert finish_staged_save(out) is False  # nothing left to do
+
+    _final_model(staging, b"newer")  # killed while saving: no STAGED list yet
+    assert not save_being_moved(out)
+    assert finish_staged_save(out) is False
+    assert (out / "model.safetensors").read_bytes() == b"new" and not staging.exists()

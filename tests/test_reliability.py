@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
-from finetune.train.checkpoints import COMPLETE
+from finetune.layout import STAGED, STAGING
+from finetune.train.checkpoints import CHECKPOINT_MANIFEST
 
 from .conftest import REPO, run_cli
 
@@ -122,13 +123,18 @@ def test_resume_after_a_cut_final_save_ignores_its_remains(
     finished_run: Path, tmp_path: Path
 ) -> None:
     out = _copy(finished_run, tmp_path)
-    # A kill during the final save: an empty config.json, no weights, no run_info.json
-    (out / "run_info.json").unlink()
+    # A kill during the first final save: its files half written in the staging directory
+    # (no list of them yet), none in the output directory, no run_info.json
+    (out / STAGING).mkdir()
+    (out / "config.json").replace(out / STAGING / "config.json")
+    weights = (out / "model.safetensors").read_bytes()
+    (out / STAGING / "model.safetensors").write_bytes(weights[: len(weights) // 2])
     (out / "model.safetensors").unlink()
-    (out / "config.json").write_text("")
+    (out / "run_info.json").unlink()
     result = run_cli("train", *SHORT, "--set", f"output.dir={out}", "--resume")
     assert result.returncode == 2
     assert "checkpoint-4 already reached train.max_steps (4)" in _one_error(result)
+    assert not (out / STAGING).exists()  # dropped: it never held a whole model
 
     more = run_cli(
         "train", *SHORT, "--set", f"output.dir={out}", "--set", "train.max_steps=6", "--resume"
@@ -136,6 +142,48 @@ def test_resume_after_a_cut_final_save_ignores_its_remains(
     assert more.returncode == 0, more.stderr[-3000:]
     assert json.loads((out / "config.json").read_text())["model_type"] == "decoder"
     assert json.loads((out / "run_info.json").read_text())["global_step"] == 6
+
+
+def test_a_resume_that_fails_keeps_the_final_model(finished_run: Path, tmp_path: Path) -> None:
+    """Resuming a finished run to train further must not cost it its model when the resume
+    fails (here: no checkpoint passes its check)."""
+    out = _copy(finished_run, tmp_path)
+    for manifest in (out / "checkpoints").glob(f"*/{CHECKPOINT_MANIFEST}"):
+        manifest.unlink()
+    before = {name: (out / name).read_bytes() for name in ("config.json", "model.safetensors")}
+    result = run_cli(
+        "train", *SHORT, "--set", f"output.dir={out}", "--set", "train.max_steps=6", "--resume"
+    )
+    assert result.returncode == 2
+    assert "no complete checkpoint" in _one_error(result)
+    assert {name: (out / name).read_bytes() for name in before} == before
+
+
+def test_a_final_save_killed_during_its_move(finished_run: Path, tmp_path: Path) -> None:
+    """The remains of a kill while the final model was being moved into place: the new
+    config.json moved, the new weights still staged. Loading refuses the mix; --resume
+    finishes the move (and then refuses to retrain the finished run)."""
+    out = _copy(finished_run, tmp_path)
+    staging = out / STAGING
+    staging.mkdir()
+    weights = load_file(out / "model.safetensors")
+    save_file({k: v + 1 for k, v in weights.items()}, staging / "model.safetensors")
+    shutil.copy(out / "config.json", staging / "config.json")
+    (staging / STAGED).write_text(json.dumps({"files": ["config.json", "model.safetensors"]}))
+    (staging / "config.json").replace(out / "config.json")
+    staged = (staging / "model.safetensors").read_bytes()
+
+    result = run_cli("generate", str(out), "--prompt", "What number comes after 4?")
+    assert result.returncode == 1
+    assert "final model is being moved into place" in _one_error(result)
+
+    result = run_cli("train", *SHORT, "--set", f"output.dir={out}", "--resume")
+    assert result.returncode == 2
+    assert "already finished (4 steps)" in _one_error(result)
+    assert "finished moving the final model" in result.stderr
+    assert (out / "model.safetensors").read_bytes() == staged and not staging.exists()
+    result = run_cli("generate", str(out), "--prompt", "What number comes after 4?")
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_eval_of_a_directory_without_a_model_is_refused(finished_run: Path, tmp_path: Path) -> None:
@@ -190,7 +238,7 @@ def test_overwrite_refuses_a_directory_a_live_run_writes(tmp_path: Path) -> None
     )
     try:
         deadline = time.monotonic() + 300
-        while not (out / "checkpoints" / "checkpoint-1" / COMPLETE).exists():
+        while not (out / "checkpoints" / "checkpoint-1" / CHECKPOINT_MANIFEST).exists():
             assert live.poll() is None and time.monotonic() < deadline, live.communicate()[1]
             time.sleep(0.1)
         result = run_cli("train", *SHORT, "--set", f"output.dir={out}", "--overwrite")
@@ -282,3 +330,76 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     result = run_cli("--debug", "generate", str(tmp_path), "--prompt", "x")
     assert result.returncode == 1
     assert "Traceback" in result.stderr and "no model here" in result.stderr
+
+
+def _honour_permissions() -> list[str]:
+    """A command prefix under which permission bits apply: root bypasses them, so as root
+    the CLI runs without the capabilities that do (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH)."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("as root, permission tests need setpriv (util-linux) to drop CAP_DAC_*")
+    return [setpriv, "--bounding-set=-dac_override,-dac_read_search"]
+
+
+def test_an_unreadable_data_file_is_one_message(tmp_path: Path) -> None:
+    data = tmp_path / "train.jsonl"
+    shutil.copy(REPO / "finetune/resources/arithmetic/train.jsonl", data)
+    data.chmod(0)
+    source = f"data.train=[{{path: {data}, format: completion}}]"
+    result = run_cli(
+        "preprocess",
+        *QUICK,
+        *("--set", source),
+        prefix=_honour_permissions(),
+        FINETUNE_CACHE=str(tmp_path / "cache"),
+    )
+    assert result.returncode == 74
+    assert _one_error(result) == f"error: {data}: permission denied"
+
+
+def test_an_output_dir_that_cannot_be_created_is_one_message(tmp_path: Path) -> None:
+    parent = tmp_path / "read-only"
+    parent.mkdir()
+    parent.chmod(0o555)
+    result = run_cli(
+        "train", *QUICK, "--set", f"output.dir={parent / 'out'}", prefix=_honour_permissions()
+    )
+    assert result.returncode == 2
+    assert "output.dir: cannot create the lock file" in _one_error(result)
+    assert "Permission denied" in result.stderr
+    assert list(parent.iterdir()) == []
+
+
+def test_unreadable_or_unwritable_checkpoints_keep_the_run(
+    finished_run: Path, tmp_path: Path
+) -> None:
+    """A resume that cannot read its checkpoint, or cannot write new ones, says which file
+    and leaves the finished run's model and checkpoints as they were."""
+    out = _copy(finished_run, tmp_path)
+    further = [*SHORT, "--set", f"output.dir={out}", "--set", "train.max_steps=6", "--resume"]
+    before = _snapshot(out)
+    optimizer = out / "checkpoints" / "checkpoint-4" / "optimizer.pt"
+    optimizer.chmod(0)
+    result = run_cli("train", *further, prefix=_honour_permissions())
+    assert result.returncode == 74
+    assert _one_error(result) == f"error: {optimizer}: permission denied"
+    optimizer.chmod(0o644)
+    assert _snapshot(out) == before
+
+    (out / "checkpoints").chmod(0o555)
+    try:
+        result = run_cli("train", *further, prefix=_honour_permissions())
+    finally:
+        (out / "checkpoints").chmod(0o755)
+    assert result.returncode == 74
+    assert _one_error(result).endswith("checkpoint-6: permission denied")
+
+    # The resume rewrote its run files (run_config.yaml with the new max_steps, the
+    # tokenizer, metrics); the model and the checkpoints are as they were
+    def model_and_checkpoints(files: dict[str, bytes]) -> dict[str, bytes]:
+        keep = ("config.json", "model.safetensors", "run_info.json", "checkpoints/")
+        return {name: data for name, data in files.items() if name.startswith(keep)}
+
+    assert model_and_checkpoints(_snapshot(out)) == model_and_checkpoints(before)

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from finetune.config import validate_config
-from finetune.train.checkpoints import COMPLETE
+from finetune.train.checkpoints import CHECKPOINT_MANIFEST
 from finetune.train.runner import prepare_run
 from tests.conftest import REPO, run_cli, tiny_config, write_config
 
@@ -62,7 +62,7 @@ def _start_run(config: Path, output: int) -> subprocess.Popen:
 def _kill_after_half(config: Path, out: Path) -> None:
     """Start a run and SIGKILL it as soon as its half-way checkpoint is complete."""
     proc = _start_run(config, subprocess.DEVNULL)
-    marker = out / "checkpoints" / f"checkpoint-{HALF}" / COMPLETE
+    marker = out / "checkpoints" / f"checkpoint-{HALF}" / CHECKPOINT_MANIFEST
     deadline = time.monotonic() + 300
     while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -124,7 +124,7 @@ def test_damaged_newest_checkpoint_is_skipped(
     out, cfg = _copy_run(uninterrupted, tmp_path)
     newest = out / "checkpoints" / f"checkpoint-{STEPS}"
     if damage == "unsealed":
-        (newest / COMPLETE).unlink()
+        (newest / CHECKPOINT_MANIFEST).unlink()
     else:
         _flip_a_byte(newest / "optimizer.pt")
     (out / "run_info.json").unlink()
@@ -216,7 +216,7 @@ def test_signal_saves_a_checkpoint_and_resume_continues(
     assert "Traceback" not in result.stderr and "Aborted!" not in result.stderr
     step = int(errors[0].split("after step ")[1].split(";")[0])
     assert 3 <= step < STEPS
-    assert (out / "checkpoints" / f"checkpoint-{step}" / COMPLETE).is_file()
+    assert (out / "checkpoints" / f"checkpoint-{step}" / CHECKPOINT_MANIFEST).is_file()
     assert not (out / "model.safetensors").exists()  # the final model is not the result
 
     resumed = run_cli("train", str(config), "--resume")

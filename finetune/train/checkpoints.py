@@ -27,12 +27,10 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from finetune.errors import OutputDirError
+from finetune.layout import CHECKPOINT_MANIFEST, CHECKPOINTS, METRICS, RUN_CONFIG, RUN_INFO
 from finetune.train.output import (
-    CHECKPOINTS,
-    METRICS,
-    RUN_CONFIG,
-    RUN_INFO,
     check_output_dir,
+    finish_staged_save,
     forget_after,
     lock_output_dir,
 )
@@ -42,18 +40,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# What the final save writes beside the run's own files; without run_info.json (written
-# after it) they are the remains of a final save that was cut short.
-FINAL_MODEL_FILES = (
-    "config.json",
-    "generation_config.json",
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "adapter_config.json",
-    "adapter_model.safetensors",
-)
-
-COMPLETE = "finetune_complete"
 MANIFEST_FORMAT = 1
 DAMAGED_SUFFIX = ".damaged"
 
@@ -95,14 +81,16 @@ def _checkpoint_dirs(root: Path) -> list[Path]:
 
 def _sealed(dirs: list[Path]) -> list[Path]:
     """Those of `dirs` whose manifest is written, in the same order."""
-    return [p for p in dirs if (p / COMPLETE).is_file()]
+    return [p for p in dirs if (p / CHECKPOINT_MANIFEST).is_file()]
 
 
 def seal_checkpoint(checkpoint: Path, checksums: bool = True) -> None:
     """Write the manifest that makes `checkpoint` complete: every file with its size (and
     SHA-256 with `checksums`). Call it once every rank has written its part."""
     files = sorted(
-        p for p in checkpoint.rglob("*") if p.is_file() and not p.name.startswith(COMPLETE)
+        p
+        for p in checkpoint.rglob("*")
+        if p.is_file() and not p.name.startswith(CHECKPOINT_MANIFEST)
     )
     for path in files:  # the data, before the manifest that vouches for it
         with path.open("rb") as f:
@@ -122,19 +110,19 @@ def seal_checkpoint(checkpoint: Path, checksums: bool = True) -> None:
             for path, digest in zip(files, digests, strict=True)
         },
     }
-    tmp = checkpoint / f"{COMPLETE}.tmp"
+    tmp = checkpoint / f"{CHECKPOINT_MANIFEST}.tmp"
     with tmp.open("w") as f:
         json.dump(manifest, f, indent=1)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, checkpoint / COMPLETE)
+    os.replace(tmp, checkpoint / CHECKPOINT_MANIFEST)
     _fsync_dir(checkpoint)
 
 
 def delete_checkpoint(checkpoint: Path) -> None:
     """Delete `checkpoint`, its manifest first: a kill part-way leaves a directory that no
     resume will take, never a "complete" checkpoint with files missing."""
-    manifest = checkpoint / COMPLETE
+    manifest = checkpoint / CHECKPOINT_MANIFEST
     if manifest.exists():
         manifest.unlink()
         _fsync_dir(checkpoint)
@@ -168,7 +156,7 @@ def latest_checkpoint(root: Path) -> Path | None:
 def verify_checkpoint(checkpoint: Path, checksums: bool = True) -> str | None:
     """What is wrong with `checkpoint`'s files against its manifest, or None if nothing."""
     try:
-        text = (checkpoint / COMPLETE).read_text()
+        text = (checkpoint / CHECKPOINT_MANIFEST).read_text()
     except OSError as e:
         return f"its manifest cannot be read ({e.strerror})"
     if not text.strip():
@@ -213,7 +201,7 @@ def set_aside_unusable(root: Path, chosen: Path | None) -> None:
     for path in _checkpoint_dirs(root):
         if checkpoint_step(path) <= start:
             continue
-        if (path / COMPLETE).is_file():
+        if (path / CHECKPOINT_MANIFEST).is_file():
             aside = path.with_name(path.name + DAMAGED_SUFFIX)
             shutil.rmtree(aside, ignore_errors=True)
             path.rename(aside)
@@ -238,6 +226,12 @@ def open_output_dir(
     out = Path(cfg.output.dir)
     if is_main:
         lock_output_dir(out)  # before anything looks at the directory; held to the end
+        if resume and finish_staged_save(out):  # a final save the last run was moving
+            print(
+                f"[finetune] --resume: finished moving the final model into {out}",
+                file=sys.stderr,
+                flush=True,
+            )
     check_output_dir(out, overwrite=overwrite, resume=resume)
     resume_from = None
     if resume:
@@ -286,9 +280,8 @@ def resume_checkpoint(
             "--resume: the config changes what the run trains; resume with the original "
             "config or start a new output.dir. Differences:\n  " + "\n  ".join(differences)
         )
+    # The earlier final model stays until the new one is saved whole (`staged_save`)
     _refuse_finished_run(out, current["train"].get("max_steps"))
-    for name in FINAL_MODEL_FILES:  # a final save cut short must not be read back
-        (out / name).unlink(missing_ok=True)
     root = out / CHECKPOINTS
     # The main rank reads every file back against its checksum; the others check sizes
     # only, and every rank takes the oldest of the ranks' choices.

@@ -15,14 +15,17 @@ from pathlib import Path
 from typing import TextIO
 
 from finetune.errors import OutputDirError
-
-RUN_CONFIG = "run_config.yaml"
-METRICS = "metrics.jsonl"
-RUN_INFO = "run_info.json"
-CHECKPOINTS = "checkpoints"
-BASE_MODEL = "base_model"  # the random base of an adapter trained on a new model
-MERGED = "merged"  # the adapter merged into its base (train.merge_adapter)
-
+from finetune.layout import (  # noqa: F401  (the names other train modules take from here)
+    BASE_MODEL,
+    CHECKPOINTS,
+    MERGED,
+    METRICS,
+    MODEL_FILE_PATTERNS,
+    RUN_CONFIG,
+    RUN_INFO,
+    STAGED,
+    STAGING,
+)
 
 _held_locks: dict[Path, TextIO] = {}
 
@@ -161,17 +164,16 @@ def replacing(path: Path, overwrite: bool, is_main: bool) -> Iterator[None]:
         shutil.rmtree(aside)
 
 
-STAGING = ".saving"
-
-
 @contextmanager
 def staged_save(out: Path, is_main: bool) -> Iterator[Path]:
-    """Yield a directory to save the final model in; once the block succeeds, move its files
-    into `out` (each by an atomic rename), and if it raises, delete it.
+    """Yield a directory to save the final model in; once the block succeeds, list its files
+    in STAGED and move them into `out` (`finish_staged_save`); if it raises, delete it.
 
-    A save that fails part-way (a full disk, a kill) then never leaves `out` with a
-    `config.json` whose weights are missing. Call it on every rank; only the main process
-    moves files.
+    A save cut short (a full disk, a kill) never leaves `out` with a `config.json` whose
+    weights are missing, nor the earlier model's weights under the new config: before
+    STAGED exists the earlier final model (if any) is untouched, and after it the move is
+    finished by whichever run takes the directory next. Call it on every rank; only the
+    main process moves files.
     """
     staging = out / STAGING
     if is_main:
@@ -183,13 +185,46 @@ def staged_save(out: Path, is_main: bool) -> Iterator[Path]:
             shutil.rmtree(staging, ignore_errors=True)
         raise
     if is_main:
-        for path in sorted(staging.rglob("*"), key=lambda p: len(p.parts)):
-            target = out / path.relative_to(staging)
-            if path.is_dir():
-                target.mkdir(exist_ok=True)
-            else:
-                os.replace(path, target)
-        shutil.rmtree(staging)
+        files = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
+        for name in files:
+            _fsync(staging / name)
+        tmp = staging / f"{STAGED}.tmp"
+        tmp.write_text(json.dumps({"files": files}))
+        _fsync(tmp)
+        os.replace(tmp, staging / STAGED)
+        finish_staged_save(out)
+
+
+def finish_staged_save(out: Path) -> bool:
+    """Finish a final save in `out`: move a complete staged save (one that wrote STAGED)
+    into place, removing the earlier model's files that it does not replace, and return
+    True; drop an incomplete one, which leaves the earlier model as it was, and return
+    False. Safe to repeat after a kill at any point. Only for the holder of the output
+    directory's lock."""
+    staging = out / STAGING
+    if not staging.is_dir():
+        return False
+    try:
+        files = set(json.loads((staging / STAGED).read_text())["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        shutil.rmtree(staging)  # cut short before every file was written
+        return False
+    for pattern in MODEL_FILE_PATTERNS:
+        for old in out.glob(pattern):
+            if old.is_file() and old.name not in files:
+                old.unlink()
+    for name in sorted(files, key=lambda n: len(Path(n).parts)):
+        source, target = staging / name, out / name
+        if source.is_file():  # else moved before the kill
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, target)
+    shutil.rmtree(staging)
+    return True
+
+
+def _fsync(path: Path) -> None:
+    with path.open("rb") as f:
+        os.fsync(f.fileno())
 
 
 def forget_after(path: Path, step: int) -> None:

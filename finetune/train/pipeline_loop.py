@@ -39,18 +39,12 @@ from finetune.distributed.launch import (
 )
 from finetune.distributed.pipeline import pipeline_module
 from finetune.distributed.watchdog import Watchdog
+from finetune.layout import CHECKPOINTS, METRICS, RUN_CONFIG, RUN_INFO
 from finetune.methods import load_base_model
 from finetune.preflight import preflight
 from finetune.train.checkpoints import open_output_dir, rotate_checkpoints, seal_checkpoint
 from finetune.train.divergence import diverged
-from finetune.train.output import (
-    CHECKPOINTS,
-    METRICS,
-    RUN_CONFIG,
-    RUN_INFO,
-    replacing,
-    staged_save,
-)
+from finetune.train.output import replacing, staged_save
 from finetune.train.stopping import GracefulStop
 
 logger = logging.getLogger(__name__)

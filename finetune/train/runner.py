@@ -39,6 +39,7 @@ from finetune.distributed.zero import gathered_parameters
 from finetune.errors import Interrupted, StorageError, TrainingDiverged, disk_full
 from finetune.evaluate import accuracy, exact_match, prompt_answer_pairs
 from finetune.hub import check_hub, hub_callbacks, push_trained
+from finetune.layout import BASE_MODEL, CHECKPOINTS, MERGED, METRICS, RUN_CONFIG, RUN_INFO
 from finetune.methods import apply_method, load_base_model, trainable_parameters
 from finetune.methods.merge import merge_adapter
 from finetune.preflight import preflight
@@ -51,17 +52,7 @@ from finetune.train.callbacks import (
 )
 from finetune.train.checkpoints import latest_checkpoint, open_output_dir
 from finetune.train.divergence import DivergenceGuard, GuardedTrainer
-from finetune.train.output import (
-    BASE_MODEL,
-    CHECKPOINTS,
-    MERGED,
-    METRICS,
-    RUN_CONFIG,
-    RUN_INFO,
-    replacing,
-    staged_save,
-    unlock_output_dir,
-)
+from finetune.train.output import replacing, staged_save, unlock_output_dir
 from finetune.train.stopping import GracefulStop
 
 logger = logging.getLogger(__name__)
