@@ -25,6 +25,8 @@ from finetune.train.checkpoints import (
 from finetune.train.output import finish_staged_save, forget_after, staged_save
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.faults
+
 FILES = {
     "model.safetensors": b"w" * 4096,
     "optimizer.pt": b"o" * 8192,

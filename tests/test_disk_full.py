@@ -17,7 +17,7 @@ from tests.test_reliability import QUICK, _one_error
 
 from .conftest import run_cli
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 
 @pytest.fixture

@@ -19,6 +19,8 @@ from finetune.train.checkpoints import CHECKPOINT_MANIFEST
 
 from .conftest import REPO, run_cli
 
+pytestmark = pytest.mark.faults
+
 # The shortened quickstart: 24 steps, no evaluation, a checkpoint every step
 QUICK = [
     "configs/examples/quickstart.yaml",

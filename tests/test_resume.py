@@ -78,6 +78,7 @@ def _kill_after_half(config: Path, out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
+@pytest.mark.faults
 def test_resume_reproduces_the_uninterrupted_run(uninterrupted: Path, tmp_path: Path) -> None:
     config = _resume_config(tmp_path, "killed")
     out = tmp_path / "killed"
@@ -113,6 +114,7 @@ def _flip_a_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("damage", ["unsealed", "bit-flipped optimizer"])
 def test_damaged_newest_checkpoint_is_skipped(
     uninterrupted: Path, tmp_path: Path, damage: str
@@ -202,6 +204,7 @@ def _signal_mid_run(config: Path, out: Path, signum: int) -> subprocess.Complete
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_saves_a_checkpoint_and_resume_continues(
     uninterrupted: Path, tmp_path: Path, signum: int

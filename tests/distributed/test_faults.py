@@ -33,7 +33,7 @@ from tests.distributed.helpers import (
     zero3_file,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.distributed, needs_launcher]
+pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.distributed, needs_launcher]
 
 TIMEOUT_S = 15
 LAUNCHER_GRACE_S = 30  # deepspeed's launcher: SIGTERM, then SIGKILL 30 s later

@@ -14,16 +14,9 @@ from PIL import Image
 from finetune.config import dump_config, validate_config
 from finetune.config.hub import HubConfig
 from finetune.errors import ConfigError
-from finetune.hub import (
-    HubError,
-    base_model,
-    hub_config_for,
-    loss_curve_png,
-    model_card,
-    read_run,
-    stage,
-    task,
-)
+from finetune.hub import HubError, base_model, hub_config_for, loss_curve_png, model_card, read_run
+from finetune.hub.record import task
+from finetune.hub.upload import stage
 from tests.conftest import tiny_config
 
 HUB = HubConfig(repo_id="alice/model")
