@@ -11,8 +11,6 @@ import torch
 from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
-    AutoModelForCausalLM,
-    AutoModelForSeq2SeqLM,
     AutoTokenizer,
     EvalPrediction,
     PreTrainedModel,
@@ -156,9 +154,8 @@ def load_trained(
             )
         else:
             config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-            auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-            if task is not None:
-                auto = TASK_AUTO_CLASSES[task]
+            task = task or ("seq2seq" if config.is_encoder_decoder else "causal_lm")
+            auto = TASK_AUTO_CLASSES[task]
             model = auto.from_pretrained(path, trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, SafetensorError) as err:

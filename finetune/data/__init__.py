@@ -7,7 +7,6 @@ from finetune.data.pipeline import (
     SourceReport,
     SourceStats,
     build_datasets,
-    iter_training_texts,
     prepare_data,
     preprocess,
 )
@@ -31,7 +30,6 @@ __all__ = [
     "build_tokenizer",
     "first_fit_decreasing",
     "format_summary",
-    "iter_training_texts",
     "load_tokenizer",
     "prepare_data",
     "preprocess",

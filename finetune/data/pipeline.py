@@ -9,7 +9,6 @@ each source, mix the sources by weight or sample count, and pack.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +19,7 @@ from transformers import PreTrainedTokenizerBase
 from finetune.config.data import DataConfig, DatasetConfig
 from finetune.data.cache import EntryWriter, cache_key, cache_root, load_entry
 from finetune.data.collator import IGNORE_INDEX
-from finetune.data.formats import BadRow, Encoded, encode_row, iter_texts, keep_side
+from finetune.data.formats import BadRow, Encoded, encode_row, keep_side
 from finetune.data.packing import PackedDataset
 from finetune.data.sources import iter_rows, source_fingerprint
 from finetune.data.tokenizer import build_tokenizer, ensure_chat_template, tokenizer_fingerprint
@@ -88,11 +87,6 @@ class PreparedData:
     truncation: str
     packing_efficiency: float | None = None
     """Share of packed positions holding tokens (None without packing)."""
-
-
-def iter_training_texts(cfg: DataConfig, limit: int | None = None) -> Iterator[str]:
-    """Plain text of the training sources (prompt and answer), for tokenizer training."""
-    return iter_texts(cfg.train, limit)
 
 
 def build_datasets(

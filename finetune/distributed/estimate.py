@@ -36,25 +36,14 @@ class StageEstimate:
 
 def meta_model(cfg: RunConfig) -> nn.Module:
     """The run's model built on the meta device: shapes and counts, no memory."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from finetune.methods.base import TASK_AUTO_CLASSES, model_config
 
-    from finetune.config.schema import hf_config_class
-
-    model_cfg = cfg.model
-    if model_cfg.architecture is not None:
-        fields = dict(model_cfg.config)
-        if "vocab_size" not in fields and cfg.tokenizer.train is not None:
-            fields["vocab_size"] = cfg.tokenizer.train.vocab_size
-        config = hf_config_class(model_cfg.architecture)(**fields)
-    else:
-        config = AutoConfig.from_pretrained(
-            model_cfg.name_or_path, trust_remote_code=model_cfg.trust_remote_code
-        )
-        for key, value in model_cfg.config.items():
-            setattr(config, key, value)
+    # No tokenizer is built here: a tokenizer trained by the run sizes the vocabulary
+    train = cfg.tokenizer.train
+    config = model_config(cfg.model, {"vocab_size": train.vocab_size} if train else {})
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(
-            config, trust_remote_code=model_cfg.trust_remote_code
+        return TASK_AUTO_CLASSES[cfg.model.task].from_config(
+            config, trust_remote_code=cfg.model.trust_remote_code
         )
 
 

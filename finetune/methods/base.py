@@ -72,11 +72,10 @@ def load_base_model(
     if cfg.attn_implementation is not None:
         kwargs["attn_implementation"] = cfg.attn_implementation
     auto_class = TASK_AUTO_CLASSES[cfg.task]
+    config = _with_labels(model_config(cfg, token_fields(tokenizer)), labels)
     if cfg.architecture is not None:
-        config = _with_labels(_new_config(cfg, tokenizer), labels)
         model = auto_class.from_config(config, dtype=torch.float32, **kwargs)
     else:
-        config = _with_labels(_checkpoint_config(cfg), labels)
         if quantize is not None:
             kwargs["quantization_config"] = quantization_config(quantize)
         model = auto_class.from_pretrained(
@@ -105,20 +104,38 @@ def _with_labels(config: PretrainedConfig, labels: list[str] | None) -> Pretrain
     return config
 
 
-def _new_config(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
-    fields = {
+def model_config(cfg: ModelConfig, tokens: dict[str, int | None]) -> PretrainedConfig:
+    """The Hugging Face config of the model `cfg` describes, with `model.config` applied: a
+    new architecture's, sized and given its special tokens by `tokens` (`token_fields`, or
+    what is known without a tokenizer), or the checkpoint's.
+
+    Raises:
+        ConfigError: the checkpoint's config cannot be loaded, or `model.config` is invalid
+            or names fields the config class does not have.
+    """
+    if cfg.architecture is not None:
+        return _new_config(cfg, tokens)
+    return _checkpoint_config(cfg)
+
+
+def token_fields(tokenizer: PreTrainedTokenizerBase) -> dict[str, int | None]:
+    """What a new model takes from its tokenizer: the vocabulary size and special tokens."""
+    return {
         "vocab_size": len(tokenizer),
         "pad_token_id": tokenizer.pad_token_id,
         "bos_token_id": tokenizer.bos_token_id,
         "eos_token_id": tokenizer.eos_token_id,
-        **cfg.config,
     }
+
+
+def _new_config(cfg: ModelConfig, tokens: dict[str, int | None]) -> PretrainedConfig:
+    fields = {**tokens, **cfg.config}
     config_class = hf_config_class(cfg.architecture)
     declared = {f.name for f in dataclasses.fields(config_class)}
     if "decoder_start_token_id" in declared:
         # Encoder-decoders start decoding from a token of their own; BART uses EOS.
-        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else None
-        fields.setdefault("decoder_start_token_id", start or tokenizer.eos_token_id)
+        start = tokens.get("bos_token_id") or tokens.get("eos_token_id")
+        fields.setdefault("decoder_start_token_id", start)
     try:
         return config_class(**fields)
     except (TypeError, ValueError) as err:

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import torch
 import yaml
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoTokenizer, PreTrainedModel
 
 import finetune.models  # noqa: F401  (registers the project's architectures)
 from finetune.errors import FinetuneError
+from finetune.layout import RUN_CONFIG
+from finetune.methods.base import TASK_AUTO_CLASSES, quantization_config
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -32,14 +34,16 @@ def merged_model(adapter_dir: str | Path, dtype: str = "float32") -> PreTrainedM
     if not base_path:
         raise FinetuneError(f"{path}: adapter_config.json names no base model to merge into")
     kwargs = {}
-    qlora = _qlora_method(path)
+    model_section = _run_section(path, "model")
+    auto_class = TASK_AUTO_CLASSES[model_section.get("task") or "causal_lm"]
+    method = _run_section(path, "method")
+    qlora = method if method.get("type") == "qlora" else None
     if qlora is not None:
         from finetune.config.schema import QLoraMethod
-        from finetune.methods.base import quantization_config
 
         kwargs["quantization_config"] = quantization_config(QLoraMethod(**qlora))
     try:
-        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=DTYPES[dtype], **kwargs)
+        base = auto_class.from_pretrained(base_path, dtype=DTYPES[dtype], **kwargs)
     except OSError as err:
         raise FinetuneError(f"cannot load the base model {base_path!r}: {err}") from None
     if qlora is not None:
@@ -58,10 +62,9 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, dtype: str = "fl
     return out
 
 
-def _qlora_method(adapter_dir: Path) -> dict | None:
-    """The method section of the run that wrote `adapter_dir`, if it was a QLoRA run."""
-    run_config = adapter_dir / "run_config.yaml"
+def _run_section(adapter_dir: Path, name: str) -> dict:
+    """A section of the config of the run that wrote `adapter_dir` ({} without one)."""
+    run_config = adapter_dir / RUN_CONFIG
     if not run_config.is_file():
-        return None
-    method = (yaml.safe_load(run_config.read_text()) or {}).get("method") or {}
-    return method if method.get("type") == "qlora" else None
+        return {}
+    return (yaml.safe_load(run_config.read_text()) or {}).get(name) or {}

@@ -132,6 +132,14 @@ class TransformerConfig(PreTrainedConfig):
         if self.positions == "rope":
             self.validate_rope()
 
+    def to_dict(self) -> dict:
+        output = super().to_dict()
+        if self.positions != "rope":
+            # Not written as `null` either: tools that look for the key take the model for a
+            # RoPE model
+            output.pop("rope_parameters", None)
+        return output
+
     def validate_architecture(self) -> None:
         """Check the architecture fields together.
 

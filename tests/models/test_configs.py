@@ -37,8 +37,11 @@ def test_defaults_are_filled_in() -> None:
     assert FinetuneSeq2SeqConfig(num_hidden_layers=3).num_decoder_layers == 3
     # Legacy rope_theta keyword still lands in rope_parameters
     assert FinetuneDecoderConfig(rope_theta=500000.0).rope_parameters["rope_theta"] == 500000.0
-    # Rope parameters mean nothing without rotary positions
+    # Rope parameters mean nothing without rotary positions, and are not written at all
     assert FinetuneEncoderConfig(positions="learned").rope_parameters is None
+    for positions in ("learned", "sinusoidal"):
+        assert "rope_parameters" not in FinetuneDecoderConfig(positions=positions).to_dict()
+    assert "rope_parameters" in FinetuneDecoderConfig().to_dict()
 
 
 @pytest.mark.parametrize(
