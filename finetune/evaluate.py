@@ -23,7 +23,7 @@ import finetune.models  # noqa: F401  (registers the project's architectures)
 from finetune.config.data import DatasetConfig
 from finetune.config.schema import RunConfig
 from finetune.data.collator import build_task_collator
-from finetune.data.formats import chat_messages
+from finetune.data.formats import prompt_and_answer
 from finetune.data.pipeline import build_datasets
 from finetune.data.sources import InvalidRow, iter_rows
 from finetune.errors import ConfigError, FinetuneError
@@ -41,33 +41,17 @@ def prompt_answer_pairs(
         ConfigError: the source's format has no answers to check (`text`).
     """
     fmt = source.format
-    if fmt.type == "text":
+    if fmt.type not in ("completion", "alpaca", "chat"):
         raise ConfigError(
-            f"train.exact_match_rows: evaluation source {source.path} has format 'text', "
-            "which has no answers to check; use a completion, alpaca or chat source"
+            f"train.exact_match_rows: evaluation source {source.path} has format "
+            f"{fmt.type!r}, which has no answers to check; use a completion, alpaca or chat "
+            "source"
         )
     pairs = []
     for _, row in islice(iter_rows(source), limit):
         if not isinstance(row, InvalidRow):
-            pairs.append(_prompt_answer(row, fmt, tokenizer))
+            pairs.append(prompt_and_answer(row, fmt, tokenizer))
     return pairs
-
-
-def _prompt_answer(row: dict, fmt, tokenizer: PreTrainedTokenizerBase) -> tuple[str, str]:
-    if fmt.type == "completion":
-        return row[fmt.prompt_field] + fmt.separator, row[fmt.completion_field]
-    if fmt.type == "alpaca":
-        extra = row.get(fmt.input_field) or ""
-        template = fmt.prompt_template if extra.strip() else fmt.prompt_template_no_input
-        return template.format(instruction=row[fmt.instruction_field], input=extra), row[
-            fmt.output_field
-        ]
-    messages = chat_messages(row, fmt)
-    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-    prompt = tokenizer.apply_chat_template(
-        messages[:last], add_generation_prompt=True, tokenize=False
-    )
-    return prompt, messages[last]["content"]
 
 
 @torch.no_grad()

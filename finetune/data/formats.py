@@ -208,6 +208,30 @@ def _alpaca_text(row: dict[str, Any], fmt: AlpacaFormat) -> str:
     return "".join(_alpaca_parts(row, fmt))
 
 
+def prompt_and_answer(
+    row: dict[str, Any], fmt: FormatConfig, tok: PreTrainedTokenizerBase
+) -> tuple[str, str]:
+    """The prompt a model is given at generation time and the reference answer, built as
+    training builds them: a completion's prompt and separator, an alpaca prompt template,
+    or a chat's turns before its last assistant turn (with the generation prompt).
+
+    Raises:
+        ValueError: `fmt` has no answers (`text`, classification formats).
+    """
+    if isinstance(fmt, CompletionFormat):
+        return _completion_parts(row, fmt)
+    if isinstance(fmt, AlpacaFormat):
+        return _alpaca_parts(row, fmt)
+    if isinstance(fmt, ChatFormat):
+        messages = chat_messages(row, fmt)
+        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        prompt = tok.apply_chat_template(
+            messages[:last], add_generation_prompt=True, tokenize=False
+        )
+        return prompt, messages[last]["content"]
+    raise ValueError(f"format {fmt.type!r} has no answers")
+
+
 # --------------------------------------------------------------------------------------
 # chat
 # --------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from finetune.config.data import (
     TextFormat,
 )
 from finetune.data.collator import PaddingCollator
-from finetune.data.formats import BadRow, Encoded, encode_row
+from finetune.data.formats import BadRow, Encoded, encode_row, prompt_and_answer
 from finetune.data.pipeline import prepare_data
 from finetune.data.tokenizer import DEFAULT_CHAT_TEMPLATE
 from tests.data.helpers import chatml_tokenizer, ids, smol_like_tokenizer, write_jsonl
@@ -315,3 +315,29 @@ def test_labels_are_plain_ints_the_collator_accepts(tmp_path: Path, tok) -> None
     batch = PaddingCollator(tok.pad_token_id)([data.train[0], data.train[1]])
     assert batch["input_ids"].dtype == torch.long
     assert batch["labels"].shape == batch["input_ids"].shape
+
+
+@pytest.mark.parametrize(
+    ("fmt", "row"),
+    [
+        (
+            CompletionFormat(type="completion"),
+            {"prompt": "what is 2 + 3? answer:", "completion": " 5"},
+        ),
+        (
+            AlpacaFormat(type="alpaca"),
+            {"instruction": "tell me the capital", "input": "france", "output": "paris"},
+        ),
+        (ChatFormat(type="chat"), CONVERSATION),
+    ],
+    ids=["completion", "alpaca", "chat"],
+)
+def test_generation_prompt_is_what_training_puts_before_the_answer(tok, fmt, row) -> None:
+    """Exact match and `generate` prompt the model with the tokens that preceded the
+    (last) answer in training, and check that answer."""
+    prompt, answer = prompt_and_answer(row, fmt, tok)
+    enc = encode_row(row, fmt, tok)
+    flags = enc.trainable
+    last = max(i for i, t in enumerate(flags) if t and (i == 0 or not flags[i - 1]))
+    assert enc.input_ids[:last] == ids(tok, prompt)
+    assert enc.input_ids[last : last + len(ids(tok, answer))] == ids(tok, answer)
