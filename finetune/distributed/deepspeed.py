@@ -21,23 +21,16 @@ from typing import Any
 from finetune.config.schema import DistributedConfig, OffloadConfig, TrainConfig
 from finetune.errors import ConfigError
 
+# The ZeRO presets, as DeepSpeed JSON: `zero_stage: N` takes zeroN.json. They ship with the
+# package and are linked as configs/deepspeed/ for `distributed.deepspeed` and for reading.
+PRESETS = Path(__file__).resolve().parent.parent / "resources" / "deepspeed"
+
 
 def zero_preset(stage: int, offload: str = "none") -> dict[str, Any]:
-    """The ZeRO preset for `stage`, with every framework-owned value left to "auto".
-
-    Args:
-        stage: ZeRO stage 0-3.
-        offload: "cpu" to offload optimizer states (and, at stage 3, parameters) to CPU.
-    """
-    zero: dict[str, Any] = {"stage": stage}
-    if stage == 3:
-        # Without this only a DeepSpeed checkpoint is saved, no model.safetensors.
-        zero["stage3_gather_16bit_weights_on_model_save"] = True
-    if offload == "cpu" and stage >= 1:
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
-        if stage == 3:
-            zero["offload_param"] = {"device": "cpu", "pin_memory": True}
-    return {"zero_optimization": zero}
+    """The shipped preset for ZeRO `stage` (zero{stage}.json, or zero{stage}_offload.json
+    with `offload="cpu"`), every framework-owned value left to "auto"."""
+    name = f"zero{stage}_offload" if offload == "cpu" and stage >= 1 else f"zero{stage}"
+    return _read_json(PRESETS / f"{name}.json")
 
 
 def _owned_values(train: TrainConfig) -> dict[tuple[str, ...], Any]:
