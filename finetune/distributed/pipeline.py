@@ -1,7 +1,8 @@
 """A DeepSpeed PipelineModule cut from a Hugging Face causal LM, following its pp plan.
 
-The model's `base_model_pp_plan` (transformers' convention, which Llama and the project's
-`decoder` declare) says the stack is `embed_tokens` -> `layers` -> `norm`, then `lm_head`.
+The cut is read from the model's pp plans (transformers' convention, which Llama and the
+project's `decoder` declare): the config's `base_model_pp_plan` names the base model's
+embedding, layer list and final norm, in order, and the model's `_pp_plan` its head.
 Each piece becomes one pipeline layer that takes and returns a tuple of tensors
 `(hidden_states, attention_mask)`; the causal mask and rotary embeddings are rebuilt on every
 layer from the padding mask, so nothing but those two tensors crosses a stage boundary.
@@ -13,6 +14,8 @@ each hold the matrix and DeepSpeed all-reduces its gradient between them.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -106,23 +109,55 @@ class HeadPipe(nn.Module):
         return self.lm_head(inputs[0])
 
 
-def check_pipeline_model(model: PreTrainedModel, stages: int) -> nn.Module:
-    """The model's base stack, after checking it can be cut into `stages` stages.
+@dataclass(frozen=True)
+class PipelineStack:
+    """The modules a pipeline is cut from, found through the model's pp plans."""
+
+    base: nn.Module
+    embed_tokens: nn.Embedding
+    layers: nn.ModuleList
+    norm: nn.Module
+    lm_head: nn.Linear
+
+
+def pp_stack(model: PreTrainedModel) -> PipelineStack:
+    """The embedding -> layers -> norm -> head stack that `base_model_pp_plan` (on the config)
+    and `_pp_plan` (on the model) declare.
 
     Raises:
-        ConfigError: the model has no embed_tokens/layers/norm/lm_head stack, fewer layers
-            than stages, or an embedding step the pipeline would skip.
+        ConfigError: the model declares no such plan, or its modules do not match it.
     """
+    plan = list(getattr(model.config, "base_model_pp_plan", None) or {})
+    # The model's own entries (after post_init transformers adds the base's, prefixed)
+    head_plan = [name for name in getattr(model, "_pp_plan", None) or {} if "." not in name]
     base = getattr(model, model.base_model_prefix, None)
-    missing = [name for name in ("embed_tokens", "layers", "norm") if not hasattr(base, name)] + (
-        [] if hasattr(model, "lm_head") else ["lm_head"]
-    )
-    if missing:
+    modules = [getattr(base, name, None) for name in plan] if base is not None else []
+    head = getattr(model, head_plan[0], None) if len(head_plan) == 1 else None
+    if (
+        len(plan) != 3
+        or not isinstance(modules[0], nn.Embedding)
+        or not isinstance(modules[1], nn.ModuleList)
+        or modules[2] is None
+        or not isinstance(head, nn.Linear)
+    ):
+        declared = " -> ".join([*plan, *head_plan]) or "none"
         raise ConfigError(
-            f"distributed.pipeline_stages: {type(model).__name__} has no {', '.join(missing)} "
-            "(the pp plan embed_tokens -> layers -> norm -> lm_head); use zero_stage or "
-            "tensor_parallel for this model"
+            f"distributed.pipeline_stages: {type(model).__name__} declares no pipeline plan of "
+            f"an embedding, a layer list and a norm, then a head (its pp plan: {declared}); "
+            "use zero_stage or tensor_parallel for this model"
         )
+    return PipelineStack(base, modules[0], modules[1], modules[2], head)
+
+
+def check_pipeline_model(model: PreTrainedModel, stages: int) -> PipelineStack:
+    """The model's pipeline stack, after checking it can be cut into `stages` stages.
+
+    Raises:
+        ConfigError: the model has no pp plan stack, fewer layers than stages, or an
+            embedding step the pipeline would skip.
+    """
+    stack = pp_stack(model)
+    base = stack.base
     extras = [n for n in ("embed_positions", "embedding_norm") if getattr(base, n, None)]
     if getattr(base, "embed_scale", 1.0) not in (None, 1.0):
         extras.append("scale_embeddings")
@@ -130,40 +165,39 @@ def check_pipeline_model(model: PreTrainedModel, stages: int) -> nn.Module:
         extras.append("hidden_dropout")
     if extras:
         raise ConfigError(
-            f"model.config: the pipeline embeds tokens with embed_tokens alone, but this "
-            f"model also uses {', '.join(extras)}; use rotary positions without them, or "
-            "zero_stage/tensor_parallel instead of distributed.pipeline_stages"
+            f"model.config: the pipeline embeds tokens with the token embedding alone, but "
+            f"this model also uses {', '.join(extras)}; use rotary positions without them, "
+            "or zero_stage/tensor_parallel instead of distributed.pipeline_stages"
         )
-    if len(base.layers) + 2 < stages:
+    if len(stack.layers) + 2 < stages:
         raise ConfigError(
             f"distributed.pipeline_stages: {stages} stages for a model of "
-            f"{len(base.layers)} layers; use at most {len(base.layers)}"
+            f"{len(stack.layers)} layers; use at most {len(stack.layers)}"
         )
-    return base
+    return stack
 
 
 def pipeline_module(model: PreTrainedModel, stages: int, loss_fn, partition_method: str):
     """A `deepspeed.pipe.PipelineModule` over `model`'s own modules."""
     from deepspeed.pipe import PipelineModule, TiedLayerSpec
 
-    base = check_pipeline_model(model, stages)
-    rotary = getattr(base, "rotary_emb", None)
-    layers: list = [DecoderLayerPipe(layer, rotary, model.config) for layer in base.layers]
-    tied = model.lm_head.weight is base.embed_tokens.weight
-    if tied:
-        attr = ["embed_tokens.weight"]
-        embed = TiedLayerSpec(TIED_KEY, EmbeddingPipe, base.embed_tokens, tied_weight_attr=attr)
+    stack = check_pipeline_model(model, stages)
+    rotary = getattr(stack.base, "rotary_emb", None)
+    layers: list = [DecoderLayerPipe(layer, rotary, model.config) for layer in stack.layers]
+    if stack.lm_head.weight is stack.embed_tokens.weight:
+        attr = ["embed_tokens.weight"]  # EmbeddingPipe's own attribute
+        embed = TiedLayerSpec(TIED_KEY, EmbeddingPipe, stack.embed_tokens, tied_weight_attr=attr)
         head = TiedLayerSpec(
             TIED_KEY,
             EmbeddingPipe,
-            base.embed_tokens,
+            stack.embed_tokens,
             forward_fn=tied_head_forward,
             tied_weight_attr=attr,
         )
     else:
-        embed, head = EmbeddingPipe(base.embed_tokens), HeadPipe(model.lm_head)
+        embed, head = EmbeddingPipe(stack.embed_tokens), HeadPipe(stack.lm_head)
     module = PipelineModule(
-        layers=[embed, *layers, NormPipe(base.norm), head],
+        layers=[embed, *layers, NormPipe(stack.norm), head],
         num_stages=stages,
         loss_fn=loss_fn,
         partition_method=partition_method,

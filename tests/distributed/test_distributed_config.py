@@ -205,3 +205,47 @@ def test_estimate_command(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     assert "parameters: 112,448" in result.stdout
     assert "fits 0.001 GB per GPU: ZeRO-2 with optimizer offload" in result.stdout
+
+
+def _tiny(model_type: str, auto: str = "AutoModelForCausalLM"):
+    import transformers
+    from transformers import AutoConfig
+
+    import finetune.models  # noqa: F401  (registers the project's architectures)
+
+    config = AutoConfig.for_model(
+        model_type,
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+    )
+    return getattr(transformers, auto).from_config(config)
+
+
+def test_the_pipeline_cut_follows_the_pp_plans() -> None:
+    from finetune.distributed.pipeline import pp_stack
+
+    for model_type in ("llama", "decoder"):
+        model = _tiny(model_type)
+        stack = pp_stack(model)
+        assert stack.layers is model.model.layers and stack.lm_head is model.lm_head
+        assert stack.embed_tokens is model.model.embed_tokens and stack.norm is model.model.norm
+
+    # A model whose plan names its modules otherwise is cut where its plan says
+    model = _tiny("llama")
+    model.model.blocks = model.model.layers
+    model.config.base_model_pp_plan = {
+        "embed_tokens": (["input_ids"], ["inputs_embeds"]),
+        "blocks": (["hidden_states"], ["hidden_states"]),
+        "norm": (["hidden_states"], ["hidden_states"]),
+    }
+    assert pp_stack(model).layers is model.model.blocks
+
+    for model_type, auto in (
+        ("seq2seq", "AutoModelForSeq2SeqLM"),
+        ("encoder", "AutoModelForMaskedLM"),
+    ):
+        with pytest.raises(ConfigError, match="declares no pipeline plan"):
+            pp_stack(_tiny(model_type, auto))
