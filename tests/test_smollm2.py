@@ -19,11 +19,11 @@ from tests.conftest import REPO, run_cli
 EVAL = "finetune/resources/arithmetic/eval.jsonl"
 
 # Small enough for CI on 2 cores: 128-token packed rows (about 7 samples each, 4 rows a
-# step), 32 held-out samples, 8 steps at the example's peak learning rate held constant.
+# step), 16 held-out samples, 6 steps at the example's peak learning rate held constant.
 SHORT_RUN = [
     "data.max_length=128",
-    f"data.eval=[{{path: {EVAL}, format: completion, samples: 32}}]",
-    "train.max_steps=8",
+    f"data.eval=[{{path: {EVAL}, format: completion, samples: 16}}]",
+    "train.max_steps=6",
     "train.warmup_steps=1",
     "train.lr_scheduler=constant",
     "train.eval_steps=null",
@@ -77,11 +77,11 @@ def test_smollm2_qlora_steps_lower_the_loss(smollm2: Path, tmp_path: Path) -> No
     before = info["untrained_metrics"]["untrained_loss"]
     after = info["metrics"]["eval_loss"]
     # The pretrained model does not know the answer format (held-out loss about 1.25 with
-    # its 4-bit base); 8 QLoRA steps take it below 0.8x that.
+    # its 4-bit base); 6 QLoRA steps take it below 0.8x that.
     assert after < 0.8 * before, (before, after)
     rows = [json.loads(line) for line in (tmp_path / "qlora" / "metrics.jsonl").open()]
     losses = [r["loss"] for r in rows if "loss" in r]
-    assert len(losses) == 4 and losses[-1] < losses[0], losses
+    assert len(losses) == 3 and losses[-1] < losses[0], losses
 
 
 @pytest.mark.slow

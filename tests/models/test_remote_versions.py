@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,10 +24,27 @@ from . import learned
 REPO = Path(__file__).resolve().parents[2]
 OTHER_PYTHON = os.environ.get("FINETUNE_OTHER_PYTHON")
 
+# Set when the other environment is being built alongside this run (.ci/run): this file
+# appears once it is ready, or READY.failed if the build failed.
+OTHER_READY = os.environ.get("FINETUNE_OTHER_READY")
+
 pytestmark = pytest.mark.skipif(
     not OTHER_PYTHON,
     reason="FINETUNE_OTHER_PYTHON (another environment's python, see scripts/test_envs.sh) unset",
 )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def other_environment_ready() -> None:
+    if not OTHER_READY:
+        return
+    deadline = time.monotonic() + 1200
+    while not Path(OTHER_READY).exists():
+        if Path(f"{OTHER_READY}.failed").exists():
+            pytest.fail(f"building the other environment ({OTHER_PYTHON}) failed; see its log")
+        if time.monotonic() > deadline:
+            pytest.fail(f"the other environment ({OTHER_PYTHON}) was not built in 20 minutes")
+        time.sleep(2)
 
 
 def run(python: str, args: list[str], env: dict[str, str], cwd: Path) -> str:
