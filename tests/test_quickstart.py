@@ -21,7 +21,8 @@ def quickstart(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, flo
     out = tmp_path_factory.mktemp("quickstart") / "out"
     start = time.monotonic()
     # Half the shipped schedule, to keep CI short: measured at 1000 steps exact match is
-    # about 0.78 (the shipped 2000 steps reach about 0.96), well clear of the 0.5 bar.
+    # 0.65 to 0.78 (it depends on the CPU's kernels; the shipped 2000 steps reach about
+    # 0.96), clear of the 0.5 bar.
     result = run_cli(
         "train",
         str(QUICKSTART),
@@ -60,17 +61,20 @@ def test_generate_answers_a_held_out_question(quickstart: tuple[Path, str, float
     single = run_cli("generate", str(out), "--prompt", rows[0]["prompt"], "--max-new-tokens", "6")
     assert single.returncode == 0, single.stderr[-2000:]
     # Several prompts: the model loads once, one JSON line per prompt, in order
-    prompts = [arg for row in rows[:5] for arg in ("--prompt", row["prompt"])]
+    rows = rows[:20]
+    prompts = [arg for row in rows for arg in ("--prompt", row["prompt"])]
     result = run_cli("generate", str(out), *prompts, "--max-new-tokens", "6")
     assert result.returncode == 0, result.stderr[-2000:]
     lines = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [line["prompt"] for line in lines] == [row["prompt"] for row in rows[:5]]
+    assert [line["prompt"] for line in lines] == [row["prompt"] for row in rows]
     assert lines[0]["text"].strip() == single.stdout.strip()
     answered = sum(
         line["text"].strip() == row["completion"].strip()
-        for line, row in zip(lines, rows[:5], strict=True)
+        for line, row in zip(lines, rows, strict=True)
     )
-    assert answered >= 2  # exact match is >= 50% over 200 rows; 5 greedy answers agree
+    # Exact match over all 200 rows is >= 0.5 (0.65 to 0.78 measured, by CPU): the greedy
+    # answers of these 20 agree, with room for rows that happen to be hard.
+    assert answered >= 6
 
 
 def test_sampling_options_run(quickstart: tuple[Path, str, float]) -> None:
