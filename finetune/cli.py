@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from finetune.errors import FinetuneError, StorageError, os_error_message
+from finetune.workarounds import close_progress_bars, exit_launched_rank
 
 DEBUG_ENV = "FINETUNE_DEBUG"
 # Commands that never load torch (nor DeepSpeed): they start in well under a second.
@@ -37,20 +38,18 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                 message, code = line, StorageError.exit_code
             else:
                 raise
-            _close_progress_bars()
+            close_progress_bars()
             click.echo(f"error: {message}", err=True)
+            if _launched_rank():
+                exit_launched_rank(code)
             sys.exit(code)
 
     return wrapper
 
 
-def _close_progress_bars() -> None:
-    """Close the progress bars a failure left open (the Trainer's closes only when training
-    ends), so that the error starts a line of its own instead of following the bar."""
-    std = sys.modules.get("tqdm.std")
-    if std is not None:
-        for bar in list(std.tqdm._instances):  # every open bar, tqdm.auto's included
-            bar.close()
+def _launched_rank() -> bool:
+    """Whether this process is one rank of several a launcher started."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 overrides_option = click.option(
@@ -101,14 +100,16 @@ def cli(ctx: click.Context, local_rank: int | None, debug: bool) -> None:
 def train(config: str, overrides: tuple[str, ...], overwrite: bool, resume: bool) -> None:
     """Train the model that CONFIG describes."""
     from finetune.config import load_config
-    from finetune.train import train as run
     from finetune.train.report import format_report
+    from finetune.train.runner import train as run
 
     cfg = load_config(config, overrides)
     summary = run(cfg, overwrite=overwrite, resume=resume)
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(format_report(summary))
         click.echo(f"saved to {cfg.output.dir}")
+    if _launched_rank():
+        exit_launched_rank(0)
 
 
 @cli.command()

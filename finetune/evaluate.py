@@ -12,7 +12,6 @@ from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
     AutoTokenizer,
-    EvalPrediction,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     Trainer,
@@ -22,13 +21,13 @@ from transformers import (
 import finetune.models  # noqa: F401  (registers the project's architectures)
 from finetune.config.data import DatasetConfig
 from finetune.config.schema import RunConfig
-from finetune.data.collator import build_task_collator
 from finetune.data.formats import prompt_and_answer
 from finetune.data.pipeline import build_datasets
 from finetune.data.sources import InvalidRow, iter_rows
 from finetune.errors import ConfigError, FinetuneError
 from finetune.layout import STAGING, save_being_moved
 from finetune.methods.base import TASK_AUTO_CLASSES
+from finetune.train.objectives import objective_of
 
 
 def prompt_answer_pairs(
@@ -93,16 +92,6 @@ def exact_match(
         model.train(was_training)
         model.config.use_cache = use_cache
         tokenizer.padding_side = padding_side
-
-
-def accuracy(prediction: EvalPrediction) -> dict[str, float]:
-    """Classification accuracy, for the Trainer's `compute_metrics`."""
-    logits = (
-        prediction.predictions[0]
-        if isinstance(prediction.predictions, tuple)
-        else prediction.predictions
-    )
-    return {"accuracy": float((logits.argmax(-1) == prediction.label_ids).mean())}
 
 
 def load_trained(
@@ -209,13 +198,14 @@ def evaluate_model(cfg: RunConfig, model_dir: str | Path) -> dict[str, float]:
             report_to=[],
             remove_unused_columns=False,
         )
+        objective = objective_of(cfg.model.task)
         trainer = Trainer(
             model=model,
             args=args,
             eval_dataset=eval_set,
-            data_collator=build_task_collator(cfg.data, cfg.model.task, tokenizer, cfg.train.seed),
+            data_collator=objective.collator(cfg.data, tokenizer, cfg.train.seed),
             processing_class=tokenizer,
-            compute_metrics=accuracy if cfg.model.task == "sequence_classification" else None,
+            compute_metrics=objective.metrics,
         )
         metrics = trainer.evaluate()
     metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50.0))

@@ -158,17 +158,3 @@ class ClassificationCollator:
             "attention_mask": _pad([[1] * len(r) for r in rows], 0),
             "labels": torch.tensor([s["labels"][0] for s in samples], dtype=torch.long),
         }
-
-
-def build_task_collator(
-    cfg: DataConfig, task: str, tokenizer: PreTrainedTokenizerBase, seed: int
-) -> Any:
-    """The collator for a model task: causal LM uses `build_collator`; the encoder and
-    encoder-decoder tasks have their own."""
-    if task == "masked_lm":
-        return MaskedLMCollator(tokenizer, seed=seed)
-    if task == "seq2seq":
-        return Seq2SeqCollator(tokenizer.pad_token_id)
-    if task == "sequence_classification":
-        return ClassificationCollator(tokenizer.pad_token_id)
-    return build_collator(cfg, tokenizer.pad_token_id)

@@ -157,6 +157,38 @@ def build_tokenizer(
     return load_tokenizer(source, trust_remote_code=trust_remote_code)
 
 
+def shared_tokenizer(
+    cfg: TokenizerConfig,
+    data: DataConfig,
+    model_name_or_path: str | None,
+    trust_remote_code: bool = False,
+) -> PreTrainedTokenizerBase:
+    """`build_tokenizer` for every rank of a run: a tokenizer trained on the data is trained
+    by rank 0 alone and sent to the others, so all ranks hold the same one."""
+    import torch.distributed as dist
+
+    def build() -> PreTrainedTokenizerBase:
+        return build_tokenizer(cfg, data, model_name_or_path, trust_remote_code)
+
+    if cfg.train is None or not (dist.is_available() and dist.is_initialized()):
+        return build()
+    payload: list[dict | None] = [None]
+    if dist.get_rank() == 0:
+        trained = build()
+        payload[0] = {
+            "backend": trained.backend_tokenizer.to_str(),
+            "special": trained.special_tokens_map,
+            "chat_template": trained.chat_template,
+        }
+    dist.broadcast_object_list(payload, src=0)
+    state = payload[0]
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(state["backend"]), **state["special"]
+    )
+    tokenizer.chat_template = state["chat_template"]
+    return tokenizer
+
+
 @dataclass
 class TokenizerReport:
     """How a newly trained tokenizer compresses text it was not trained on."""

@@ -76,10 +76,9 @@ def _check_pipeline(cfg: RunConfig, stage: int) -> None:
         "supported with distributed.pipeline_stages; use adamw",
         getattr(cfg.model, "task", "causal_lm") != "causal_lm": "model.task: "
         "distributed.pipeline_stages trains causal language models only",
-        bool(cfg.train.exact_match_rows or cfg.train.eval_untrained): "train.exact_match_rows"
-        "/eval_untrained: generation is not run by the pipeline loop; set them to 0/false",
-        cfg.hub.push_to_hub: "hub.push_to_hub: not run by the pipeline loop; push the "
-        "output directory afterwards with `finetune push`",
+        bool(cfg.train.exact_match_rows): "train.exact_match_rows: generation needs the "
+        "whole model, and each pipeline rank holds one stage; set it to 0 and score the "
+        "saved model afterwards with `finetune eval`",
     }
     for refused, message in refusals.items():
         if refused:

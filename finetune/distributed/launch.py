@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
-from pathlib import Path
 from typing import TypeVar
 
 import torch
 
 from finetune.config.schema import DistributedConfig
+from finetune.workarounds import unlink_shm_allreduce_buffer
 
 T = TypeVar("T")
 
@@ -52,40 +52,15 @@ def init_process_group(cfg: DistributedConfig) -> None:
         dist_backend=backend, timeout=timedelta(seconds=collective_timeout_s(cfg.timeout_s))
     )
     if backend == "gloo":
-        _unlink_shm_allreduce_buffer()
-
-
-def _unlink_shm_allreduce_buffer() -> None:
-    """Remove the name of this rank's DeepSpeed shared-memory allreduce buffer.
-
-    On CPU, with every rank on one machine, DeepSpeed's comm backend creates a 69 MB buffer
-    per rank in /dev/shm, named after MASTER_ADDR and MASTER_PORT, maps every rank's buffer
-    during `init_distributed` and never unlinks them: each run left 69 MB per rank behind
-    (19 GB after a day of test runs here, until the OOM killer stepped in), and a later run
-    on the same port would map a crashed run's stale buffer. Once every rank has mapped
-    every buffer (the barrier), the names can go: the mappings live until the ranks exit.
-    """
-    import torch.distributed as dist
-
-    dist.barrier()
-    name = "_".join(
-        [
-            "deepspeed_allreduce_buffer",
-            str(os.getuid()),
-            os.environ.get("MASTER_ADDR", ""),
-            os.environ.get("MASTER_PORT", ""),
-            str(dist.get_rank()),
-        ]
-    )
-    (Path("/dev/shm") / name).unlink(missing_ok=True)
+        unlink_shm_allreduce_buffer()  # DeepSpeed leaves 69 MB a rank in /dev/shm
 
 
 def shutdown_process_group() -> None:
     """End a finished run's process group on every rank together.
 
-    Without it each rank tears its connections down at interpreter exit, in no set order;
-    with gloo a rank then now and then aborts at exit ("terminate called without an active
-    exception", exit -6) after a successful run, and the launcher reports the job failed.
+    Without it each rank tears its connections down at interpreter exit, in no set order,
+    and with gloo a rank often aborts at exit after a successful run. It is not enough on
+    its own: the CLI ends launched ranks with `workarounds.exit_launched_rank`.
     """
     import torch.distributed as dist
 

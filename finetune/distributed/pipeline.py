@@ -24,6 +24,7 @@ from transformers.masking_utils import create_causal_mask, create_sliding_window
 
 from finetune.errors import ConfigError
 from finetune.models.compat import mask_cache_arg
+from finetune.workarounds import mark_stage_parameters
 
 TIED_KEY = "embed_tokens"
 Activations = tuple[torch.Tensor, torch.Tensor]  # (hidden_states, attention_mask)
@@ -205,20 +206,3 @@ def pipeline_module(model: PreTrainedModel, stages: int, loss_fn, partition_meth
     )
     mark_stage_parameters(module)
     return module
-
-
-def mark_stage_parameters(module) -> None:
-    """Make gradient clipping see the whole model's norm.
-
-    DeepSpeed sums the squared gradient norm over the model-parallel group (the pipeline
-    stages), but from a stage other than the first it only counts parameters flagged
-    `model_parallel` (Megatron's flag): unflagged, clipping would use the first stage's
-    norm alone and the run would drift from the single-process one. Every stage owns
-    distinct parameters, so all are flagged; the tied embedding's copy on a later stage is
-    not, as its all-reduced gradient is already counted by the first stage.
-    """
-    tied = {id(p) for m in module.tied_modules.values() for p in m.parameters()}
-    first = module.stage_id == 0
-    for param in module.parameters():
-        if first or id(param) not in tied:
-            param.model_parallel = True

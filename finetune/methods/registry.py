@@ -8,6 +8,7 @@ from collections.abc import Callable
 from transformers import PreTrainedModel
 
 from finetune.config.schema import FullMethod, LoraMethod, QLoraMethod
+from finetune.workarounds import keep_4bit_training_layout
 
 # model.task -> peft's task type (which wrapper class, and what it saves).
 PEFT_TASKS = {
@@ -58,21 +59,6 @@ def _qlora(
     )
     keep_4bit_training_layout(model)
     return _lora(model, cfg, gradient_checkpointing=False, task=task)
-
-
-def keep_4bit_training_layout(model: PreTrainedModel) -> None:
-    """Stop bitsandbytes repacking 4-bit weights for CPU inference.
-
-    On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks a Linear4bit weight in place on the
-    first no-grad eval-mode forward (an evaluation before or during training) and then
-    uses a kernel with no backward: no gradient reaches the layers below, and QLoRA
-    silently stops learning. The unpacked layout trains and evaluates correctly.
-    """
-    import bitsandbytes as bnb
-
-    for module in model.modules():
-        if isinstance(module, bnb.nn.Linear4bit):
-            module.support_avx512bf16_for_cpu = False
 
 
 METHODS: dict[str, Callable[..., PreTrainedModel]] = {

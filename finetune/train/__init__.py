@@ -1,5 +1,2 @@
-"""Training loops, callbacks, checkpoints and resume."""
-
-from finetune.train.runner import train
-
-__all__ = ["train"]
+"""The training layer: objectives, engines, callbacks, checkpoints and resume
+(`finetune.train.runner.train` runs a config end to end)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ from transformers import TrainingArguments
 
 from finetune.config.schema import LoggingConfig, OutputConfig, TrainConfig
 from finetune.distributed.launch import collective_timeout_s
+from finetune.workarounds import set_tensorboard_dir
 
 
 def report_to(cfg: LoggingConfig) -> list[str]:
@@ -58,9 +58,7 @@ def training_arguments(
     evaluate = has_eval and train.eval_steps is not None
     trackers = report_to(logging)
     if "tensorboard" in trackers:
-        # transformers 5 reads the TensorBoard directory only from this variable; unset, an
-        # evaluation before the first step writes to ./runs in the working directory.
-        os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "tensorboard")
+        set_tensorboard_dir(out / "tensorboard")
     return TrainingArguments(
         output_dir=str(out / "checkpoints"),
         per_device_train_batch_size=train.micro_batch_size,

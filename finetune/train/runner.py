@@ -6,14 +6,13 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch.distributed as dist
 from transformers import (
     AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
-    PreTrainedTokenizerFast,
     Trainer,
     TrainerCallback,
     TrainingArguments,
@@ -24,10 +23,9 @@ from transformers.trainer_callback import ProgressCallback
 from finetune.config.loader import dump_config
 from finetune.config.schema import RunConfig
 from finetune.data.cache import cache_root
-from finetune.data.collator import build_task_collator
-from finetune.data.pipeline import prepare_data
-from finetune.data.tokenizer import MASK_TOKEN, build_tokenizer
-from finetune.distributed.deepspeed import deepspeed_config
+from finetune.data.pipeline import PreparedData, prepare_data
+from finetune.data.tokenizer import MASK_TOKEN, shared_tokenizer
+from finetune.distributed.deepspeed import deepspeed_config, resolve_batch_values
 from finetune.distributed.launch import (
     gather_per_rank,
     init_process_group,
@@ -37,7 +35,7 @@ from finetune.distributed.launch import (
 from finetune.distributed.watchdog import watchdog_callbacks
 from finetune.distributed.zero import gathered_parameters
 from finetune.errors import Interrupted, StorageError, TrainingDiverged, disk_full
-from finetune.evaluate import accuracy, exact_match, prompt_answer_pairs
+from finetune.evaluate import exact_match, prompt_answer_pairs
 from finetune.hub import check_hub, hub_callbacks, push_trained
 from finetune.layout import BASE_MODEL, CHECKPOINTS, MERGED, METRICS, RUN_CONFIG, RUN_INFO
 from finetune.methods import apply_method, load_base_model, trainable_parameters
@@ -51,9 +49,13 @@ from finetune.train.callbacks import (
     ProgressBar,
 )
 from finetune.train.checkpoints import latest_checkpoint, open_output_dir
-from finetune.train.divergence import DivergenceGuard, GuardedTrainer
+from finetune.train.divergence import DivergenceGuard
+from finetune.train.objectives import objective_of
 from finetune.train.output import replacing, staged_save, unlock_output_dir
 from finetune.train.stopping import GracefulStop
+
+if TYPE_CHECKING:
+    from finetune.train.pipeline_trainer import PipelineTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +66,7 @@ class PreparedRun:
 
     cfg: RunConfig
     args: TrainingArguments
-    trainer: Trainer
+    trainer: Trainer | PipelineTrainer
     tokenizer: PreTrainedTokenizerBase
     out: Path
     resume_from: Path | None = None
@@ -75,15 +77,19 @@ class PreparedRun:
     """Data sources this rank tokenized itself (the others came from the cache)."""
 
 
-def train(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
-    """Run `cfg` end to end and return the run summary written to run_info.json."""
-    try:
-        if cfg.distributed.pipeline_stages > 1:  # DeepSpeed's PipelineEngine, not the Trainer
-            from finetune.train.pipeline_loop import train_pipeline
+def train(
+    cfg: RunConfig,
+    overwrite: bool = False,
+    resume: bool = False,
+    callbacks: list[TrainerCallback] | None = None,
+) -> dict[str, Any]:
+    """Run `cfg` end to end and return the run summary written to run_info.json.
 
-            summary = train_pipeline(cfg, overwrite=overwrite, resume=resume)
-        else:
-            summary = execute(prepare_run(cfg, overwrite=overwrite, resume=resume))
+    `callbacks` (transformers `TrainerCallback`s) are added after the run's own, on every
+    engine.
+    """
+    try:
+        summary = execute(prepare_run(cfg, overwrite, resume, callbacks))
     except (Interrupted, TrainingDiverged):
         shutdown_process_group()  # every rank stopped after the same step: end together
         raise
@@ -130,22 +136,24 @@ def prepare_run(
     check_hub(cfg.hub, cfg.output)  # a push_to_hub run needs a token the Hub accepts
     out = Path(cfg.output.dir)
     ds_config = deepspeed_config(cfg.distributed, cfg.train)
+    stages = cfg.distributed.pipeline_stages
     has_eval = bool(cfg.data.eval) or cfg.data.eval_ratio > 0
     init_process_group(cfg.distributed)  # before a ZeRO-3 model is built, with the timeout
     args = training_arguments(
-        cfg.train, cfg.logging, cfg.output, ds_config, has_eval, cfg.distributed.timeout_s
+        cfg.train,
+        cfg.logging,
+        cfg.output,
+        ds_config if stages == 1 else None,  # a pipeline's engine is built by its trainer
+        has_eval,
+        cfg.distributed.timeout_s,
     )
     resume_from = open_output_dir(cfg, overwrite, resume, args.process_index == 0, _barrier)
 
-    # A resumed run reuses the tokenizer it saved, rather than training a new one.
-    tokenizer = AutoTokenizer.from_pretrained(out) if resume else _build_tokenizer(cfg)
-    if cfg.model.task == "masked_lm" and tokenizer.mask_token is None:
-        tokenizer.add_special_tokens({"mask_token": MASK_TOKEN})
+    tokenizer = _run_tokenizer(cfg, resume)
     # Global rank 0 first, not each node's local rank 0: nodes that share a disk then share
     # one cache entry, written once, and the other ranks read it.
     with args.main_process_first(local=False, desc="tokenizing"):
         data = prepare_data(cfg.data, tokenizer, cfg.train.seed)
-    train_set, eval_set = data.train, data.eval
     pairs = []
     if cfg.train.exact_match_rows:
         pairs = prompt_answer_pairs(cfg.data.eval[0], tokenizer, cfg.train.exact_match_rows)
@@ -161,28 +169,7 @@ def prepare_run(
         "trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / total
     )
 
-    trainer = GuardedTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_set,
-        eval_dataset=eval_set,
-        data_collator=build_task_collator(cfg.data, cfg.model.task, tokenizer, cfg.train.seed),
-        processing_class=tokenizer,
-        optimizer_cls_and_kwargs=optimizer_class(cfg.train),
-        compute_metrics=accuracy if cfg.model.task == "sequence_classification" else None,
-        callbacks=[
-            MetricsLogger(out / METRICS),
-            CheckpointMarker(cfg.output.save_total_limit, cfg.output.checkpoint_checksums),
-            GracefulStop(cfg.output.stop_grace_s),
-            DivergenceGuard(),
-            HeldParameters(),
-            *watchdog_callbacks(cfg.distributed),
-            *hub_callbacks(cfg.hub, out),
-            *(callbacks or []),
-        ],
-    )
-    if trainer.pop_callback(ProgressCallback) is not None:
-        trainer.add_callback(ProgressBar())
+    trainer = _build_trainer(cfg, args, model, tokenizer, data, ds_config, callbacks)
     return PreparedRun(
         cfg,
         args,
@@ -194,6 +181,76 @@ def prepare_run(
         exact_match_pairs=pairs,
         sources_tokenized=sum(not source.cached for source in data.sources),
     )
+
+
+def _run_tokenizer(cfg: RunConfig, resume: bool) -> PreTrainedTokenizerBase:
+    """The run's tokenizer, the same on every rank. A resumed run reuses the tokenizer it
+    saved, rather than training a new one."""
+    if resume:
+        tokenizer = AutoTokenizer.from_pretrained(cfg.output.dir)
+    else:
+        tokenizer = shared_tokenizer(
+            cfg.tokenizer, cfg.data, cfg.model.name_or_path, cfg.model.trust_remote_code
+        )
+    if cfg.model.task == "masked_lm" and tokenizer.mask_token is None:
+        tokenizer.add_special_tokens({"mask_token": MASK_TOKEN})
+    return tokenizer
+
+
+def _build_trainer(
+    cfg: RunConfig,
+    args: TrainingArguments,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    data: PreparedData,
+    ds_config: dict[str, Any] | None,
+    extra_callbacks: list[TrainerCallback] | None,
+) -> Trainer | PipelineTrainer:
+    """The objective's trainer (or, with pipeline stages, the pipeline's) with the run's
+    callbacks: the same ones whatever the engine."""
+    stages, out = cfg.distributed.pipeline_stages, Path(cfg.output.dir)
+    objective = objective_of(cfg.model.task)
+    collator = objective.collator(cfg.data, tokenizer, cfg.train.seed)
+    callbacks = [
+        MetricsLogger(out / METRICS),
+        CheckpointMarker(cfg.output.save_total_limit, cfg.output.checkpoint_checksums),
+        GracefulStop(cfg.output.stop_grace_s),
+        DivergenceGuard(),
+        HeldParameters(),
+        *watchdog_callbacks(cfg.distributed),
+        *hub_callbacks(cfg.hub, out),
+        *(extra_callbacks or []),
+    ]
+    if stages > 1:  # DeepSpeed's PipelineEngine, behind the Trainer's interface
+        from finetune.train.pipeline_trainer import PipelineTrainer
+
+        data_parallel = args.world_size // stages
+        trainer = PipelineTrainer(
+            model=model,
+            args=args,
+            stages=stages,
+            deepspeed_config=resolve_batch_values(ds_config, cfg.train, data_parallel),
+            train_dataset=data.train,
+            eval_dataset=data.eval,
+            data_collator=collator,
+            processing_class=tokenizer,
+            callbacks=callbacks,
+        )
+    else:
+        trainer = objective.trainer(
+            model=model,
+            args=args,
+            train_dataset=data.train,
+            eval_dataset=data.eval,
+            data_collator=collator,
+            processing_class=tokenizer,
+            optimizer_cls_and_kwargs=optimizer_class(cfg.train),
+            compute_metrics=objective.metrics,
+            callbacks=callbacks,
+        )
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(ProgressBar())
+    return trainer
 
 
 def execute(run: PreparedRun) -> dict[str, Any]:
@@ -283,41 +340,6 @@ def _exact_match(run: PreparedRun, key: str) -> dict[str, float]:
         max_new_tokens=run.cfg.train.exact_match_max_new_tokens,
     )
     return {key: score}
-
-
-def _build_tokenizer(cfg: RunConfig) -> PreTrainedTokenizerBase:
-    def build() -> PreTrainedTokenizerBase:
-        return build_tokenizer(
-            cfg.tokenizer, cfg.data, cfg.model.name_or_path, cfg.model.trust_remote_code
-        )
-
-    if cfg.tokenizer.train is None:
-        return build()
-    # Rank 0 trains; the others receive the same tokenizer rather than train their own.
-    payload = [None]
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        payload[0] = _tokenizer_state(build())
-    if dist.is_initialized():
-        dist.broadcast_object_list(payload, src=0)
-    return _tokenizer_from_state(payload[0])
-
-
-def _tokenizer_state(tokenizer: PreTrainedTokenizerFast) -> dict[str, Any]:
-    return {
-        "backend": tokenizer.backend_tokenizer.to_str(),
-        "special": tokenizer.special_tokens_map,
-        "chat_template": tokenizer.chat_template,
-    }
-
-
-def _tokenizer_from_state(state: dict[str, Any]) -> PreTrainedTokenizerFast:
-    from tokenizers import Tokenizer
-
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(state["backend"]), **state["special"]
-    )
-    tokenizer.chat_template = state["chat_template"]
-    return tokenizer
 
 
 def _barrier() -> None:

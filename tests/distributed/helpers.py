@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from finetune.config.schema import RunConfig
+from finetune.data.tokenizer import build_tokenizer
 from finetune.methods import load_base_model
-from finetune.train.runner import _build_tokenizer
 from tests.conftest import REPO, tiny_config, write_config
 
 needs_launcher = pytest.mark.skipif(
@@ -83,7 +83,7 @@ def initial_checkpoint(tmp: Path) -> dict:
     """Save the tiny model with random weights and its tokenizer; return config sections
     that start from it."""
     cfg = RunConfig.model_validate(tiny_config(tmp))
-    tokenizer = _build_tokenizer(cfg)
+    tokenizer = build_tokenizer(cfg.tokenizer, cfg.data, cfg.model.name_or_path)
     torch.manual_seed(0)
     model = load_base_model(cfg.model, tokenizer)
     path = tmp / "initial"

@@ -119,6 +119,15 @@ def test_resolve_batch_values_fills_auto() -> None:
         ({"pipeline_stages": 2, "zero_stage": 2}, {}, 2, "refuses ZeRO stage 2"),
         ({"pipeline_stages": 2}, {"data": {"packing": True}}, 2, "data.packing"),
         ({"pipeline_stages": 2}, {"method": {"type": "lora"}}, 2, "method.type"),
+        (
+            {"pipeline_stages": 2},
+            {
+                "train": {"exact_match_rows": 4},
+                "data": {"eval": [{"path": "eval.jsonl", "format": {"type": "completion"}}]},
+            },
+            2,
+            "finetune eval",
+        ),
         ({"tensor_parallel": 2, "zero_stage": 3}, {}, 2, "stages 0-2, not 3"),
         ({"tensor_parallel": 2}, {"method": {"type": "lora"}}, 2, "AutoTP"),
         (
