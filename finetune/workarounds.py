@@ -124,3 +124,26 @@ def exit_launched_rank(code: int) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def without_tied_keys(model: nn.Module, missing_keys: list[str]) -> list[str]:
+    """`missing_keys` less the parameters tied to one that was loaded.
+
+    For: transformers 5 (5.23-5.24 checked). Cause: `Trainer._issue_warnings_after_load`
+    reports every key a resumed checkpoint lacks, and a checkpoint of a model with tied
+    input/output embeddings stores the matrix once, so every resume of such a model (Llama
+    with tied embeddings, the project's decoder) warned "There were missing keys in the
+    checkpoint model loaded: ['lm_head.weight']" though the weight was loaded through its
+    tie. Test: `test_transformers_warns_of_tied_keys_on_resume`.
+    """
+    names_of: dict[int, list[str]] = {}
+    by_name = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names_of.setdefault(id(param), []).append(name)
+        by_name[name] = param
+    missing = set(missing_keys)
+    return [
+        key
+        for key in missing_keys
+        if key not in by_name or all(name in missing for name in names_of[id(by_name[key])])
+    ]

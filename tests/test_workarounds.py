@@ -99,3 +99,44 @@ def test_transformers_reads_tensorboard_dir_from_env(tmp_path: Path, monkeypatch
     monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
     set_tensorboard_dir(tmp_path / "tb")
     assert TensorBoardCallback().logging_dir == str(tmp_path / "tb")
+
+
+def _tied_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(config)
+
+
+def test_transformers_warns_of_tied_keys_on_resume(tmp_path: Path, monkeypatch) -> None:
+    """without_tied_keys: loading a tied model's checkpoint the way the Trainer resumes
+    reports the tied output matrix as missing, and the Trainer warns of it; GuardedTrainer
+    does not (an untied key that is really missing still warns)."""
+    from safetensors.torch import load_file
+    from transformers import Trainer, TrainingArguments
+    from transformers import trainer as trainer_module
+
+    from finetune.train.divergence import GuardedTrainer
+
+    warnings: list[str] = []
+    monkeypatch.setattr(trainer_module.logger, "warning", lambda msg, *a, **k: warnings.append(msg))
+    model = _tied_llama()
+    model.save_pretrained(tmp_path / "saved")
+    result = model.load_state_dict(load_file(tmp_path / "saved" / "model.safetensors"), False)
+    assert result.missing_keys == ["lm_head.weight"]
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True, report_to=[])
+    Trainer(model=model, args=args)._issue_warnings_after_load(result)
+    assert any("missing keys" in w for w in warnings)
+    warnings.clear()
+    guarded = GuardedTrainer(model=model, args=args)
+    guarded._issue_warnings_after_load(result)
+    assert not any("missing keys" in w for w in warnings)
+    guarded._issue_warnings_after_load(result._replace(missing_keys=["model.norm.weight"]))
+    assert any("model.norm.weight" in w for w in warnings)

@@ -14,6 +14,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from finetune.errors import TrainingDiverged
+from finetune.workarounds import without_tied_keys
 
 
 def diverged(step: int, what: str, value: float) -> TrainingDiverged:
@@ -49,7 +50,14 @@ class DivergenceGuard(TrainerCallback):
 
 
 class GuardedTrainer(Trainer):
-    """transformers' Trainer that stops on a non-finite DeepSpeed gradient norm."""
+    """transformers' Trainer that stops on a non-finite DeepSpeed gradient norm (and does
+    not warn of tied weights as missing when it resumes)."""
+
+    def _issue_warnings_after_load(self, load_result) -> None:
+        if hasattr(load_result, "_replace"):  # torch's _IncompatibleKeys
+            missing = without_tied_keys(self.model, list(load_result.missing_keys))
+            load_result = load_result._replace(missing_keys=missing)
+        super()._issue_warnings_after_load(load_result)
 
     def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
         loss = super().training_step(model, inputs, num_items_in_batch)
