@@ -187,6 +187,33 @@ def generate(
 
 
 @cli.command()
+@click.argument("model_dir", type=click.Path(file_okay=False))
+@click.option("--text", required=True, help="The text whose attention is drawn.")
+@click.option(
+    "--target",
+    default=None,
+    help="Encoder-decoder models: the decoder's text (default: --text).",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    default="attention.png",
+    show_default=True,
+    help="The PNG to write; an encoder-decoder writes OUT-encoder/-decoder/-cross.png.",
+)
+@click.option("--trust-remote-code", is_flag=True, help="Allow the model's own code to run.")
+@user_errors
+def attention(
+    model_dir: str, text: str, target: str | None, out: str, trust_remote_code: bool
+) -> None:
+    """Draw the attention weights of every layer and head of MODEL_DIR on --text."""
+    from finetune.attention import write_attention_maps
+
+    for path in write_attention_maps(model_dir, text, out, target, trust_remote_code):
+        click.echo(f"wrote {path}")
+
+
+@cli.command()
 @click.argument("adapter_dir", type=click.Path(file_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Where to write.")
 @click.option(
