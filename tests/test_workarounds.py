@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from finetune.workarounds import close_progress_bars, set_tensorboard_dir
+from tests.models.tiny import llama
 
 
 def _package_file(package: str, relative: str) -> Path:
@@ -101,20 +102,6 @@ def test_transformers_reads_tensorboard_dir_from_env(tmp_path: Path, monkeypatch
     assert TensorBoardCallback().logging_dir == str(tmp_path / "tb")
 
 
-def _tied_llama():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        tie_word_embeddings=True,
-    )
-    return LlamaForCausalLM(config)
-
-
 def test_transformers_warns_of_tied_keys_on_resume(tmp_path: Path, monkeypatch) -> None:
     """without_tied_keys: loading a tied model's checkpoint the way the Trainer resumes
     reports the tied output matrix as missing, and the Trainer warns of it; GuardedTrainer
@@ -127,7 +114,7 @@ def test_transformers_warns_of_tied_keys_on_resume(tmp_path: Path, monkeypatch) 
 
     warnings: list[str] = []
     monkeypatch.setattr(trainer_module.logger, "warning", lambda msg, *a, **k: warnings.append(msg))
-    model = _tied_llama()
+    model = llama(tie=True)
     model.save_pretrained(tmp_path / "saved")
     result = model.load_state_dict(load_file(tmp_path / "saved" / "model.safetensors"), False)
     assert result.missing_keys == ["lm_head.weight"]
