@@ -4,7 +4,7 @@ DeepSpeed JSON stays DeepSpeed JSON: a preset or the user's file is used as writ
 for the values the framework owns, which come from the run schema:
 
 - batch sizes, accumulation, clipping and precision are set to "auto", so transformers'
-  Trainer fills them from the train section (the pipeline loop fills them itself);
+  Trainer fills them from the train section (for a pipeline, `resolve_batch_values`);
 - offload (`distributed.offload`) and tensor parallel (`distributed.tensor_parallel`) are
   written into `zero_optimization` and `tensor_parallel`.
 
@@ -144,7 +144,7 @@ def resolve_batch_values(
     ds: dict[str, Any], train: TrainConfig, data_parallel: int
 ) -> dict[str, Any]:
     """`ds` with the framework's "auto" values filled in, for DeepSpeed engines that run
-    without transformers' Trainer (the pipeline loop)."""
+    without transformers' Trainer (`PipelineTrainer`)."""
     resolved = json.loads(json.dumps(ds))
     resolved.update(
         train_micro_batch_size_per_gpu=train.micro_batch_size,
