@@ -65,19 +65,16 @@ def attention_weights(
 
 def _load(path: Path, trust_remote_code: bool):
     """The model without its head (the attention is the base model's), eager attention."""
-    from safetensors import SafetensorError
     from transformers import AutoModel, AutoTokenizer
 
-    from finetune.evaluate import load_trained
+    from finetune.evaluate import load_trained, loading_errors
 
     if (path / "adapter_config.json").is_file() or not (path / "config.json").is_file():
         model, tokenizer = load_trained(path, trust_remote_code)  # an adapter, or refused
     else:
-        try:
+        with loading_errors(path):
             model = AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code)
             tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        except (OSError, ValueError, SafetensorError) as err:
-            raise FinetuneError(f"{path}: the saved model cannot be loaded: {err}") from err
     model.set_attn_implementation("eager")
     return model.eval(), tokenizer
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
 
@@ -94,6 +96,17 @@ def exact_match(
         tokenizer.padding_side = padding_side
 
 
+@contextmanager
+def loading_errors(path: Path) -> Iterator[None]:
+    """Turn a damaged or truncated saved-model file into one message: transformers says
+    which (config.json is not valid JSON, a safetensors header that does not cover the
+    file, ...)."""
+    try:
+        yield
+    except (OSError, ValueError, SafetensorError) as err:
+        raise FinetuneError(f"{path}: the saved model cannot be loaded: {err}") from err
+
+
 def load_trained(
     model_dir: str | Path, trust_remote_code: bool = False, task: str | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -118,7 +131,7 @@ def load_trained(
             f"{path}: no model here (no config.json or adapter_config.json); if its run has not "
             "finished, evaluate a checkpoint with --model DIR/checkpoints/checkpoint-N"
         )
-    try:
+    with loading_errors(path):
         if is_adapter:
             from peft import AutoPeftModelForCausalLM
 
@@ -131,10 +144,6 @@ def load_trained(
             auto = TASK_AUTO_CLASSES[task]
             model = auto.from_pretrained(path, trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, SafetensorError) as err:
-        # A damaged or truncated file: transformers says which (config.json is not valid
-        # JSON, a safetensors header that does not cover the file, ...)
-        raise FinetuneError(f"{path}: the saved model cannot be loaded: {err}") from err
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.eval(), tokenizer

@@ -348,7 +348,7 @@ class PipelineTrainer:
         return int(total)
 
 
-def _step_counts(args: TrainingArguments, rows: int, data_parallel: int) -> tuple[int, float]:
+def _step_counts(args: TrainingArguments, rows: int, data_parallel: int) -> tuple[int, int]:
     """(optimizer steps of the run, steps per epoch), counted as the Trainer counts them."""
     batches_per_rank = math.ceil(math.ceil(rows / args.per_device_train_batch_size) / data_parallel)
     per_epoch = max(batches_per_rank // args.gradient_accumulation_steps, 1)
