@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -22,6 +23,7 @@ from transformers import (
 
 import finetune.models  # noqa: F401  (registers the project's architectures)
 from finetune.config.data import DatasetConfig
+from finetune.config.objective import PREFERENCE_OBJECTIVES
 from finetune.config.schema import RunConfig
 from finetune.data.formats import prompt_and_answer
 from finetune.data.pipeline import build_datasets
@@ -29,24 +31,33 @@ from finetune.data.sources import InvalidRow, iter_rows
 from finetune.errors import ConfigError, FinetuneError
 from finetune.layout import STAGING, save_being_moved
 from finetune.methods.base import TASK_AUTO_CLASSES
-from finetune.train.objectives import objective_of
+from finetune.train.objectives import head_labels, objective_of
+
+# model.task -> peft's Auto class for an adapter trained with that head
+PEFT_AUTO_CLASSES = {
+    "causal_lm": "AutoPeftModelForCausalLM",
+    "seq2seq": "AutoPeftModelForSeq2SeqLM",
+    "sequence_classification": "AutoPeftModelForSequenceClassification",
+    "masked_lm": "AutoPeftModel",
+}
 
 
 def prompt_answer_pairs(
     source: DatasetConfig, tokenizer: PreTrainedTokenizerBase, limit: int
 ) -> list[tuple[str, str]]:
-    """The first `limit` (prompt, reference answer) pairs of a completion, alpaca or chat
-    source; the prompt is what the model sees at generation time.
+    """The first `limit` (prompt, reference answer) pairs of a completion, alpaca, chat or
+    preference source (whose chosen answer is the reference); the prompt is what the model
+    sees at generation time.
 
     Raises:
         ConfigError: the source's format has no answers to check (`text`).
     """
     fmt = source.format
-    if fmt.type not in ("completion", "alpaca", "chat"):
+    if fmt.type not in ("completion", "alpaca", "chat", "preference"):
         raise ConfigError(
             f"train.exact_match_rows: evaluation source {source.path} has format "
-            f"{fmt.type!r}, which has no answers to check; use a completion, alpaca or chat "
-            "source"
+            f"{fmt.type!r}, which has no answers to check; use a completion, alpaca, chat or "
+            "preference source"
         )
     pairs = []
     for _, row in islice(iter_rows(source), limit):
@@ -96,6 +107,71 @@ def exact_match(
         tokenizer.padding_side = padding_side
 
 
+@torch.no_grad()
+def preference_accuracy(
+    model: PreTrainedModel, pairs: Any, pad_token_id: int, batch_size: int = 16
+) -> dict[str, float]:
+    """How often the model prefers the chosen answer of a held-out preference pair.
+
+    A reward model (one-output sequence classifier) prefers the answer it scores higher; a
+    language model the answer it gives the higher total log-probability (its tokens after
+    the prompt). This is the model's own preference, unlike DPO's implicit-reward accuracy,
+    which compares with the reference model and so is 0 before training by construction.
+
+    Args:
+        pairs: rows with `prompt_ids`, `chosen_ids` and `rejected_ids` (the data layer's).
+
+    Returns:
+        `preference_accuracy` (ties count as misses) and `preference_margin`, the mean
+        score or log-probability difference.
+    """
+    was_training = model.training
+    model.eval()
+    scoring = model.config.num_labels == 1 and not model.can_generate()
+    wins, margins = [], []
+    try:
+        for start in range(0, len(pairs), batch_size):
+            rows = pairs[start : start + batch_size]
+            scores = [
+                _sequence_scores(model, rows["prompt_ids"], rows[key], pad_token_id, scoring)
+                for key in ("chosen_ids", "rejected_ids")
+            ]
+            margin = scores[0] - scores[1]
+            wins += (margin > 0).tolist()
+            margins += margin.tolist()
+    finally:
+        model.train(was_training)
+    count = max(len(wins), 1)
+    return {"preference_accuracy": sum(wins) / count, "preference_margin": sum(margins) / count}
+
+
+def _sequence_scores(
+    model: PreTrainedModel,
+    prompts: list[list[int]],
+    answers: list[list[int]],
+    pad_token_id: int,
+    scoring: bool,
+) -> torch.Tensor:
+    """Per row: the reward of prompt + answer, or the answer's summed log-probability."""
+    sequences = [p + a for p, a in zip(prompts, answers, strict=True)]
+    width = max(map(len, sequences))
+    ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    answer = torch.zeros_like(ids, dtype=torch.bool)
+    for row, (prompt, sequence) in enumerate(zip(prompts, sequences, strict=True)):
+        ids[row, : len(sequence)] = torch.tensor(sequence)
+        mask[row, : len(sequence)] = 1
+        answer[row, len(prompt) : len(sequence)] = True
+    ids, mask, answer = ids.to(model.device), mask.to(model.device), answer.to(model.device)
+    logits = model(input_ids=ids, attention_mask=mask).logits.float()
+    if scoring:
+        return logits[:, 0].cpu()
+    # The token at position t is predicted by the logits at t - 1.
+    log_probs = torch.log_softmax(logits[:, :-1], dim=-1)
+    taken = log_probs.gather(-1, ids[:, 1:, None]).squeeze(-1)
+    return (taken * answer[:, 1:]).sum(dim=1).cpu()
+
+
 @contextmanager
 def loading_errors(path: Path) -> Iterator[None]:
     """Turn a damaged or truncated saved-model file into one message: transformers says
@@ -108,9 +184,14 @@ def loading_errors(path: Path) -> Iterator[None]:
 
 
 def load_trained(
-    model_dir: str | Path, trust_remote_code: bool = False, task: str | None = None
+    model_dir: str | Path,
+    trust_remote_code: bool = False,
+    task: str | None = None,
+    labels: list[str] | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A run's saved model (a full model or a peft adapter) and its tokenizer, for inference.
+    An adapter of a classification head rebuilds its base with `labels` outputs (an
+    adapter's folder does not record them).
 
     The head is `task`'s (see `model.task`); by default a causal LM, or a seq2seq LM for an
     encoder-decoder config.
@@ -133,11 +214,11 @@ def load_trained(
         )
     with loading_errors(path):
         if is_adapter:
-            from peft import AutoPeftModelForCausalLM
+            import peft
 
-            model = AutoPeftModelForCausalLM.from_pretrained(
-                path, trust_remote_code=trust_remote_code
-            )
+            auto_peft = getattr(peft, PEFT_AUTO_CLASSES[task or "causal_lm"])
+            head = {"id2label": dict(enumerate(labels))} if labels else {}
+            model = auto_peft.from_pretrained(path, trust_remote_code=trust_remote_code, **head)
         else:
             config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
             task = task or ("seq2seq" if config.is_encoder_decoder else "causal_lm")
@@ -189,16 +270,38 @@ def generate_text(
 
 
 def evaluate_model(cfg: RunConfig, model_dir: str | Path) -> dict[str, float]:
-    """Loss, perplexity (and exact match, when configured) of a saved model on the run's
-    evaluation data.
+    """Loss and perplexity (for a preference objective: how often the model prefers the
+    chosen answer) of a saved model on the run's evaluation data, and exact match when
+    configured.
 
     Raises:
         ConfigError: the config has no evaluation data.
     """
     if not cfg.data.eval and cfg.data.eval_ratio == 0:
         raise ConfigError("data: nothing to evaluate on; set data.eval or data.eval_ratio")
-    model, tokenizer = load_trained(model_dir, cfg.model.trust_remote_code, cfg.model.task)
+    model, tokenizer = load_trained(
+        model_dir, cfg.model.trust_remote_code, cfg.model.task, head_labels(cfg)
+    )
     _, eval_set = build_datasets(cfg.data, tokenizer, cfg.train.seed)
+    if cfg.objective.type in PREFERENCE_OBJECTIVES:
+        scores = preference_accuracy(
+            model, eval_set, tokenizer.pad_token_id, cfg.train.micro_batch_size
+        )
+        metrics = {f"eval_{name}": value for name, value in scores.items()}
+    else:
+        metrics = _loss_metrics(cfg, model, tokenizer, eval_set)
+    if cfg.train.exact_match_rows:
+        pairs = prompt_answer_pairs(cfg.data.eval[0], tokenizer, cfg.train.exact_match_rows)
+        metrics["exact_match"] = exact_match(
+            model, tokenizer, pairs, cfg.train.exact_match_max_new_tokens
+        )
+    return metrics
+
+
+def _loss_metrics(
+    cfg: RunConfig, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, eval_set: Any
+) -> dict[str, float]:
+    """The Trainer's evaluation loss (and the task's metrics), with perplexity."""
     with tempfile.TemporaryDirectory() as scratch:
         args = TrainingArguments(
             output_dir=scratch,
@@ -218,9 +321,4 @@ def evaluate_model(cfg: RunConfig, model_dir: str | Path) -> dict[str, float]:
         )
         metrics = trainer.evaluate()
     metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50.0))
-    if cfg.train.exact_match_rows:
-        pairs = prompt_answer_pairs(cfg.data.eval[0], tokenizer, cfg.train.exact_match_rows)
-        metrics["exact_match"] = exact_match(
-            model, tokenizer, pairs, cfg.train.exact_match_max_new_tokens
-        )
     return metrics

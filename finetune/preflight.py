@@ -86,6 +86,8 @@ def preflight(cfg: RunConfig) -> None:
         require_module("peft", f"method.type={cfg.method.type}", "peft")
     if cfg.method.type == "qlora":
         require_module("bitsandbytes", "method.type=qlora", "quantization")
+    if cfg.objective.type != "sft":
+        require_module("trl", f"objective.type={cfg.objective.type}", "trl")
     if cfg.train.optimizer != "adamw":
         require_module("bitsandbytes", f"train.optimizer={cfg.train.optimizer}", "quantization")
     check_distributed(cfg)  # layout (data x tensor x pipeline), feature combinations

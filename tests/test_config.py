@@ -131,6 +131,12 @@ def test_schema_is_documented() -> None:
     train = schema["$defs"]["TrainConfig"]["properties"]
     assert "Peak learning rate" in train["lr"]["description"]
     assert schema["$defs"]["LoraMethod"]["additionalProperties"] is False
+    dpo = schema["$defs"]["DpoObjective"]["properties"]
+    assert "How far the model may move from the reference" in dpo["beta"]["description"]
+    assert "adapter disabled" in dpo["reference"]["description"]
+    assert (
+        "prompt" in schema["$defs"]["PreferenceFormat"]["properties"]["prompt_field"]["description"]
+    )
 
 
 def test_cli_accepts_deepspeed_local_rank(tmp_path: Path) -> None:

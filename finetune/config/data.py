@@ -177,8 +177,46 @@ class ClassificationFormat(Section):
     """The class names, in id order; they become the model's `id2label`."""
 
 
+class PreferenceFormat(Section):
+    """`preference`: a prompt with a chosen and a rejected answer, for the `dpo` and
+    `reward` objectives. Each field is a plain string, or a list of chat turns rendered with
+    the tokenizer's chat template (the prompt's turns end with the generation prompt; the
+    answers are the assistant turns after it). Without a prompt field, chosen and rejected
+    are whole conversations and their shared opening turns are the prompt ("implicit
+    prompt"). Plain-text answers end with EOS, as completions do."""
+
+    type: Literal["preference"] = "preference"
+
+    prompt_field: str = "prompt"
+    """Field holding the prompt (a string or a list of turns). A row without it takes the
+    turns chosen and rejected share as its prompt."""
+
+    chosen_field: str = "chosen"
+    """Field holding the preferred answer."""
+
+    rejected_field: str = "rejected"
+    """Field holding the dispreferred answer."""
+
+    role_field: str = "role"
+    """Key of a chat turn's role."""
+
+    content_field: str = "content"
+    """Key of a chat turn's text."""
+
+    role_names: dict[str, ChatRole] = Field(default_factory=dict)
+    """Map the data's role names to system/user/assistant (see the chat format)."""
+
+    system_prompt: str | None = None
+    """System turn put first in chat prompts that have none."""
+
+
 FormatConfig = Annotated[
-    TextFormat | CompletionFormat | AlpacaFormat | ChatFormat | ClassificationFormat,
+    TextFormat
+    | CompletionFormat
+    | AlpacaFormat
+    | ChatFormat
+    | ClassificationFormat
+    | PreferenceFormat,
     Field(discriminator="type"),
 ]
 
@@ -202,7 +240,8 @@ class DatasetConfig(Section):
     """Split of a Hub dataset or dataset directory to read."""
 
     format: FormatConfig = Field(default_factory=TextFormat)
-    """How rows become tokens: `text`, `completion`, `alpaca` or `chat`, either as a name
+    """How rows become tokens: `text`, `completion`, `alpaca`, `chat`, `classification`
+    or `preference`, either as a name
     (`format: chat`) or as a mapping with `type` and the format's options
     (`format: {type: chat, messages_field: conversations}`)."""
 

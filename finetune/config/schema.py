@@ -12,11 +12,12 @@ import dataclasses
 import difflib
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from finetune.config.base import Section
 from finetune.config.data import DataConfig, TokenizerConfig
 from finetune.config.hub import HubConfig
+from finetune.config.objective import PREFERENCE_OBJECTIVES, ObjectiveConfig, SftObjective
 
 # --------------------------------------------------------------------------------------
 # model
@@ -393,6 +394,9 @@ class RunConfig(Section):
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     data: DataConfig
     method: MethodConfig = Field(default_factory=FullMethod)
+    objective: ObjectiveConfig = Field(default_factory=SftObjective)
+    """What the run optimises: `sft` (the model head's own loss), `dpo` or `reward`, as a
+    name (`objective: dpo`) or a mapping with `type` and the objective's options."""
     train: TrainConfig = Field(default_factory=TrainConfig)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
@@ -410,9 +414,70 @@ class RunConfig(Section):
             raise ValueError("train.merge_adapter: only LoRA and QLoRA runs have an adapter")
         return self
 
+    @field_validator("objective", mode="before")
+    @classmethod
+    def _objective_name(cls, value: Any) -> Any:
+        # `objective: dpo` is shorthand for `objective: {type: dpo}`.
+        return {"type": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _objective_fits(self) -> RunConfig:
+        kind = self.objective.type
+        sources = [
+            *(("data.train", i, s) for i, s in enumerate(self.data.train)),
+            *(("data.eval", i, s) for i, s in enumerate(self.data.eval)),
+        ]
+        if kind not in PREFERENCE_OBJECTIVES:
+            for section, i, source in sources:
+                if source.format.type == "preference":
+                    raise ValueError(
+                        f"{section}[{i}] ({source.path}): the preference format trains the "
+                        "dpo and reward objectives; set objective.type to one of them"
+                    )
+            return self
+        for section, i, source in sources:
+            if source.format.type != "preference":
+                raise ValueError(
+                    f"objective.type: {kind} trains on preference pairs, but {section}[{i}] "
+                    f"({source.path}) has format {source.format.type!r}; use format: preference "
+                    "(prompt, chosen and rejected fields)"
+                )
+        if self.data.packing:
+            raise ValueError(
+                f"data.packing: the {kind} objective scores whole answers, which are not "
+                "packed; set data.packing=false"
+            )
+        if self.distributed.pipeline_stages > 1 or self.distributed.tensor_parallel > 1:
+            raise ValueError(
+                f"objective.type: {kind} runs through TRL's trainer, which has no pipeline- "
+                "or tensor-parallel engine; use data parallelism with ZeRO "
+                "(distributed.zero_stage) instead of distributed.pipeline_stages / "
+                "tensor_parallel"
+            )
+        if kind == "dpo" and self.model.task != "causal_lm":
+            raise ValueError(
+                f"objective.type: dpo trains a language model (model.task: causal_lm), "
+                f"not {self.model.task}"
+            )
+        if kind == "reward":
+            if "task" in self.model.model_fields_set and self.model.task != (
+                "sequence_classification"
+            ):
+                raise ValueError(
+                    "objective.type: reward scores answers with a sequence-classification "
+                    f"head; model.task must be sequence_classification (or unset), not "
+                    f"{self.model.task}"
+                )
+            self.model.task = "sequence_classification"
+            if self.train.exact_match_rows:
+                raise ValueError("train.exact_match_rows: a reward model does not generate")
+        return self
+
     @model_validator(mode="after")
     def _task_fits(self) -> RunConfig:
         task = self.model.task
+        if self.objective.type != "sft":
+            return self  # checked by _objective_fits
         if task != "causal_lm" and self.data.packing:
             raise ValueError(f"data.packing: only causal_lm models pack samples, not {task}")
         if task in ("masked_lm", "sequence_classification") and self.train.exact_match_rows:

@@ -1,7 +1,8 @@
 """The tokenized-data cache: one directory per key, published atomically.
 
-A cache entry is `<root>/<key>/` holding `data.arrow` (an Arrow stream with `input_ids`,
-`labels` and `length`, memory-mapped when read) and `meta.json` (the source's row
+A cache entry is `<root>/<key>/` holding `data.arrow` (an Arrow stream of samples, memory-
+mapped when read: `input_ids`, `labels` and `length`, or for preference pairs `prompt_ids`,
+`chosen_ids`, `rejected_ids` and `length`) and `meta.json` (the source's row
 statistics). It is written under a temporary name in the same directory and renamed into
 place, so a reader sees a complete entry or none, and two processes that tokenize the same
 source at once both succeed (the second rename loses and its copy is deleted). In a
@@ -36,6 +37,18 @@ SCHEMA = pa.schema(
         ("length", pa.int32()),
     ]
 )
+"""A sample that trains on its own tokens: ids, per-id labels (-100: no loss), length."""
+
+PAIR_SCHEMA = pa.schema(
+    [
+        ("prompt_ids", pa.list_(pa.int32())),
+        ("chosen_ids", pa.list_(pa.int32())),
+        ("rejected_ids", pa.list_(pa.int32())),
+        ("length", pa.int32()),
+    ]
+)
+"""A preference pair: the prompt's ids, each answer's ids after it, and the longer of the
+two sequences' length."""
 
 
 def cache_root(cache_dir: str | None) -> Path:
@@ -69,9 +82,12 @@ class EntryWriter:
         root: the cache root, or None to write to a private temporary directory that is
             removed when the process exits (caching disabled).
         key: the entry's key (ignored without `root`).
+        schema: the columns of a row, `SCHEMA` or `PAIR_SCHEMA`.
     """
 
-    def __init__(self, root: Path | None, key: str, batch_rows: int = 1000) -> None:
+    def __init__(
+        self, root: Path | None, key: str, batch_rows: int = 1000, schema: pa.Schema = SCHEMA
+    ) -> None:
         if root is None:
             self.final = None
             self.tmp = Path(tempfile.mkdtemp(prefix="finetune-data-"))
@@ -81,15 +97,23 @@ class EntryWriter:
             self.final = root / key
             self.tmp = Path(tempfile.mkdtemp(prefix=f".{key[:16]}.tmp-", dir=root))
         self._sink = pa.OSFile(str(self.tmp / DATA_FILE), "wb")
-        self._writer = pa.ipc.new_stream(self._sink, SCHEMA)
+        self._schema = schema
+        self._writer = pa.ipc.new_stream(self._sink, schema)
         self._batch_rows = batch_rows
-        self._rows: dict[str, list[Any]] = {"input_ids": [], "labels": [], "length": []}
+        self._rows: dict[str, list[Any]] = {name: [] for name in schema.names}
 
     def add(self, input_ids: list[int], labels: list[int]) -> None:
-        """Append one tokenized row."""
-        self._rows["input_ids"].append(input_ids)
-        self._rows["labels"].append(labels)
-        self._rows["length"].append(len(input_ids))
+        """Append one tokenized sample (`SCHEMA`)."""
+        self._append(input_ids=input_ids, labels=labels, length=len(input_ids))
+
+    def add_pair(self, prompt: list[int], chosen: list[int], rejected: list[int]) -> None:
+        """Append one preference pair (`PAIR_SCHEMA`)."""
+        length = len(prompt) + max(len(chosen), len(rejected))
+        self._append(prompt_ids=prompt, chosen_ids=chosen, rejected_ids=rejected, length=length)
+
+    def _append(self, **row: Any) -> None:
+        for name, value in row.items():
+            self._rows[name].append(value)
         if len(self._rows["length"]) >= self._batch_rows:
             self._flush()
 
@@ -118,5 +142,6 @@ class EntryWriter:
 
     def _flush(self) -> None:
         if self._rows["length"]:
-            self._writer.write_batch(pa.RecordBatch.from_pydict(self._rows, schema=SCHEMA))
-            self._rows = {"input_ids": [], "labels": [], "length": []}
+            batch = pa.RecordBatch.from_pydict(self._rows, schema=self._schema)
+            self._writer.write_batch(batch)
+            self._rows = {name: [] for name in self._schema.names}

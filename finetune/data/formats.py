@@ -26,6 +26,7 @@ from finetune.config.data import (
     CompletionFormat,
     DatasetConfig,
     FormatConfig,
+    PreferenceFormat,
     TextFormat,
 )
 from finetune.data.sources import InvalidRow, iter_rows
@@ -48,8 +49,21 @@ class Encoded:
     """The class index of a classification row (its tokens carry no loss of their own)."""
 
 
-def encode_row(row: Any, fmt: FormatConfig, tokenizer: PreTrainedTokenizerBase) -> Encoded:
-    """Tokenize one row of format `fmt`, marking the tokens that carry loss.
+@dataclass
+class EncodedPair:
+    """A tokenized preference row: the prompt, and the chosen and rejected answers that
+    follow it (each a sequence `prompt_ids + answer_ids` as the model reads it)."""
+
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+
+
+def encode_row(
+    row: Any, fmt: FormatConfig, tokenizer: PreTrainedTokenizerBase
+) -> Encoded | EncodedPair:
+    """Tokenize one row of format `fmt`, marking the tokens that carry loss (a preference
+    row: splitting it into prompt and answers).
 
     Raises:
         BadRow: the row does not fit the format (missing field, wrong type, empty text,
@@ -229,6 +243,12 @@ def prompt_and_answer(
             messages[:last], add_generation_prompt=True, tokenize=False
         )
         return prompt, messages[last]["content"]
+    if isinstance(fmt, PreferenceFormat):  # the chosen answer is the reference
+        prompt, chosen, _ = preference_parts(row, fmt)
+        if isinstance(prompt, str):
+            return prompt, chosen
+        text = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+        return text, chosen[0]["content"]
     raise ValueError(f"format {fmt.type!r} has no answers")
 
 
@@ -298,11 +318,23 @@ def _turn(turn: Any, number: int, fmt: ChatFormat) -> dict[str, str]:
 
 
 def _encode_chat(row: dict[str, Any], fmt: ChatFormat, tok: PreTrainedTokenizerBase) -> Encoded:
+    return encode_messages(chat_messages(row, fmt), tok, fmt.train_on_prompt)
+
+
+def encode_messages(
+    messages: list[dict[str, str]], tok: PreTrainedTokenizerBase, train_on_prompt: bool = False
+) -> Encoded:
+    """Tokenize checked chat turns with the tokenizer's chat template; the loss covers the
+    assistant turns (every token with `train_on_prompt`).
+
+    Raises:
+        BadRow: the template rejects the conversation, or its assistant turns cannot be
+            located.
+    """
     from jinja2 import TemplateError
 
-    messages = chat_messages(row, fmt)
     try:
-        if fmt.train_on_prompt:
+        if train_on_prompt:
             ids = tok.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
             return Encoded(list(ids), [True] * len(ids))
         if GENERATION_MARKER.search(tok.get_chat_template()):
@@ -359,7 +391,176 @@ def _chat_text(row: dict[str, Any], fmt: ChatFormat) -> str:
     return "\n".join(m["content"] for m in chat_messages(row, fmt))
 
 
-Encoder = Callable[[dict[str, Any], Any, PreTrainedTokenizerBase], Encoded]
+# --------------------------------------------------------------------------------------
+# preference: a prompt, a chosen and a rejected answer
+# --------------------------------------------------------------------------------------
+
+Turns = list[dict[str, str]]
+
+
+def preference_parts(row: dict[str, Any], fmt: PreferenceFormat) -> tuple[Any, Any, Any]:
+    """The row's prompt, chosen and rejected answers: three strings, or three lists of
+    checked chat turns (the prompt's ending before an assistant turn, each answer's
+    starting with one). Without a prompt field, the turns shared by two conversations
+    are the prompt.
+
+    Raises:
+        BadRow: a missing or empty field, strings mixed with turns, an answer that is not
+            an assistant turn, or two answers that are the same.
+    """
+    chosen = _answer(row, fmt.chosen_field, "chosen_field", fmt)
+    rejected = _answer(row, fmt.rejected_field, "rejected_field", fmt)
+    if isinstance(chosen, list) != isinstance(rejected, list):
+        raise BadRow("chosen and rejected must both be strings or both be lists of turns")
+    if fmt.prompt_field in row:
+        prompt = row[fmt.prompt_field]
+        if isinstance(prompt, list):
+            prompt = _turns(prompt, fmt.prompt_field, fmt)
+            # A plain answer to a chat prompt is the assistant's turn.
+            chosen, rejected = (
+                [{"role": "assistant", "content": a}] if isinstance(a, str) else a
+                for a in (chosen, rejected)
+            )
+        elif isinstance(chosen, list):
+            raise BadRow(
+                f"field {fmt.prompt_field!r} is a string but the answers are lists of turns; "
+                "give the prompt as turns too"
+            )
+        else:
+            prompt = _field(row, fmt.prompt_field, "prompt_field")
+    elif isinstance(chosen, list):
+        shared = 0
+        while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+            shared += 1
+        prompt, chosen, rejected = chosen[:shared], chosen[shared:], rejected[shared:]
+    else:
+        keys = ", ".join(map(str, row)) or "none"
+        raise BadRow(
+            f"missing field {fmt.prompt_field!r} (fields: {keys}); set format.prompt_field, or "
+            "give chosen and rejected as whole conversations that share their prompt turns"
+        )
+    if chosen == rejected:
+        raise BadRow("chosen and rejected are the same answer")
+    if isinstance(prompt, list):
+        if fmt.system_prompt is not None and (not prompt or prompt[0]["role"] != "system"):
+            prompt.insert(0, {"role": "system", "content": fmt.system_prompt})
+        _check_dialogue(prompt, chosen, fmt)
+        _check_dialogue(prompt, rejected, fmt)
+    return prompt, chosen, rejected
+
+
+def _answer(row: dict[str, Any], name: str, option: str, fmt: PreferenceFormat) -> Any:
+    if isinstance(row.get(name), list):
+        return _turns(row[name], name, fmt)
+    return _field(row, name, option)
+
+
+def _turns(turns: list[Any], name: str, fmt: PreferenceFormat) -> Turns:
+    if not turns:
+        raise BadRow(f"field {name!r} is an empty list of turns")
+    try:
+        return [_turn(turn, number, fmt) for number, turn in enumerate(turns, start=1)]
+    except BadRow as err:
+        raise BadRow(f"field {name!r}: {err}") from None
+
+
+def _check_dialogue(prompt: Turns, answer: Turns, fmt: PreferenceFormat) -> None:
+    if not answer or answer[0]["role"] != "assistant":
+        raise BadRow(
+            "an answer must start with an assistant turn (after the prompt's turns); "
+            f"check the roles of {fmt.chosen_field!r} and {fmt.rejected_field!r}"
+        )
+    if not any(turn["role"] == "user" for turn in prompt):
+        raise BadRow("the prompt has no user turn")
+    if prompt[-1]["role"] == "assistant":
+        raise BadRow("the prompt ends with an assistant turn; it must end with the user's")
+    for number, turn in enumerate(prompt + answer, start=1):
+        if turn["role"] == "system" and number > 1:
+            raise BadRow(f"turn {number} is a system turn; only the first turn may be")
+
+
+def _encode_preference(
+    row: dict[str, Any], fmt: PreferenceFormat, tok: PreTrainedTokenizerBase
+) -> EncodedPair:
+    prompt, chosen, rejected = preference_parts(row, fmt)
+    if isinstance(prompt, list):
+        if tok.chat_template is None:
+            raise BadRow(
+                "this row is chat turns but the tokenizer has no chat template; use a "
+                "tokenizer with one, or give prompt and answers as plain text"
+            )
+        prompt_ids = _template_ids(tok, prompt, add_generation_prompt=True)
+        pair = [encode_messages(prompt + answer, tok) for answer in (chosen, rejected)]
+    else:
+        pair = [
+            encode_segments([(prompt, False), (answer, True)], tok) for answer in (chosen, rejected)
+        ]
+        # A token that merges across the prompt/answer boundary carries loss, so it
+        # belongs to the answer: the prompt ends before either answer's first such token.
+        prompt_ids = min(
+            (e.input_ids[: e.trainable.index(True)] for e in pair if True in e.trainable),
+            key=len,
+            default=[],
+        )
+    return split_pair(prompt_ids, *pair)
+
+
+def _template_ids(tok: PreTrainedTokenizerBase, messages: Turns, **options: Any) -> list[int]:
+    from jinja2 import TemplateError
+
+    try:
+        out = tok.apply_chat_template(messages, tokenize=True, return_dict=True, **options)
+    except TemplateError as err:
+        raise BadRow(f"the chat template rejected this conversation: {err}") from None
+    return list(out["input_ids"])
+
+
+def split_pair(prompt_ids: list[int], chosen: Encoded, rejected: Encoded) -> EncodedPair:
+    """The shared prompt and the two answers of two encoded sequences.
+
+    The answers start where the sequences stop agreeing with `prompt_ids` (and with each
+    other); they end at their last trainable token, so a chat template's text after the
+    end-of-turn token is left out, as in SFT.
+
+    Raises:
+        BadRow: an answer holds no token of its own.
+    """
+    start = min(
+        _common_prefix(prompt_ids, chosen.input_ids),
+        _common_prefix(prompt_ids, rejected.input_ids),
+        _common_prefix(chosen.input_ids, rejected.input_ids),
+    )
+    ends = [
+        len(e.trainable) - e.trainable[::-1].index(True) if True in e.trainable else 0
+        for e in (chosen, rejected)
+    ]
+    pair = EncodedPair(
+        chosen.input_ids[:start],
+        chosen.input_ids[start : ends[0]],
+        rejected.input_ids[start : ends[1]],
+    )
+    if not pair.chosen_ids or not pair.rejected_ids:
+        raise BadRow("an answer tokenizes to nothing after the prompt")
+    return pair
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _preference_text(row: dict[str, Any], fmt: PreferenceFormat) -> str:
+    parts = preference_parts(row, fmt)
+    return "\n".join(
+        part if isinstance(part, str) else "\n".join(t["content"] for t in part) for part in parts
+    )
+
+
+Encoder = Callable[[dict[str, Any], Any, PreTrainedTokenizerBase], Encoded | EncodedPair]
 
 
 def _encode_classification(
@@ -389,6 +590,7 @@ ENCODERS: dict[str, Encoder] = {
     "alpaca": _encode_alpaca,
     "chat": _encode_chat,
     "classification": _encode_classification,
+    "preference": _encode_preference,
 }
 
 TEXTS: dict[str, Callable[[dict[str, Any], Any], str]] = {
@@ -397,4 +599,5 @@ TEXTS: dict[str, Callable[[dict[str, Any], Any], str]] = {
     "alpaca": _alpaca_text,
     "chat": _chat_text,
     "classification": _classification_text,
+    "preference": _preference_text,
 }

@@ -17,9 +17,9 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from finetune.config.data import DataConfig, DatasetConfig
-from finetune.data.cache import EntryWriter, cache_key, cache_root, load_entry
+from finetune.data.cache import PAIR_SCHEMA, SCHEMA, EntryWriter, cache_key, cache_root, load_entry
 from finetune.data.collator import IGNORE_INDEX
-from finetune.data.formats import BadRow, Encoded, encode_row, keep_side
+from finetune.data.formats import BadRow, Encoded, EncodedPair, encode_row, keep_side
 from finetune.data.packing import PackedDataset
 from finetune.data.sources import iter_rows, source_fingerprint
 from finetune.data.tokenizer import build_tokenizer, ensure_chat_template, tokenizer_fingerprint
@@ -218,7 +218,8 @@ def _tokenize_source(
             stats = SourceStats(**meta["stats"])
             return _Tokenized(source, dataset, _report(name, source, stats, cached=True))
     logger.info("%s (%s): tokenizing", name, source.path)
-    writer = EntryWriter(root if content is not None else None, key)
+    schema = PAIR_SCHEMA if source.format.type == "preference" else SCHEMA
+    writer = EntryWriter(root if content is not None else None, key, schema=schema)
     try:
         stats = _encode_rows(source, cfg, tokenizer, writer)
         dataset = writer.finish({"path": source.path, "stats": asdict(stats)})
@@ -251,6 +252,9 @@ def _encode_rows(
             if len(stats.bad_examples) < MAX_REPORTED_BAD_ROWS:
                 stats.bad_examples.append(f"{where}: {err}")
             continue
+        if isinstance(encoded, EncodedPair):
+            _add_pair(encoded, cfg, writer, stats)
+            continue
         truncated = len(encoded.input_ids) > cfg.max_length
         if truncated:
             encoded = truncate(encoded, cfg.max_length, cfg.truncation)
@@ -273,6 +277,41 @@ def _encode_rows(
         stats.tokens += len(encoded.input_ids)
         stats.trainable_tokens += trainable
     return stats
+
+
+def _add_pair(pair: EncodedPair, cfg: DataConfig, writer: EntryWriter, stats: SourceStats) -> None:
+    """Truncate a preference pair as a sample is truncated, count it, and write it."""
+    longest = len(pair.prompt_ids) + max(len(pair.chosen_ids), len(pair.rejected_ids))
+    truncated = longest > cfg.max_length
+    if truncated:
+        pair = truncate_pair(pair, cfg.max_length, cfg.truncation)
+    if not pair.chosen_ids or not pair.rejected_ids:
+        stats.no_trainable += 1
+        return
+    writer.add_pair(pair.prompt_ids, pair.chosen_ids, pair.rejected_ids)
+    answers = len(pair.chosen_ids) + len(pair.rejected_ids)
+    stats.kept += 1
+    stats.truncated += truncated
+    stats.tokens += 2 * len(pair.prompt_ids) + answers
+    stats.trainable_tokens += answers
+
+
+def truncate_pair(pair: EncodedPair, max_length: int, side: str) -> EncodedPair:
+    """Cut both sequences of `pair` (prompt + answer) to `max_length` tokens. `right` keeps
+    the start: the answers lose their ends (an answer left empty drops the row). `left`
+    keeps the end: the prompt loses its start, as far as the longer answer needs, and an
+    answer longer than `max_length` alone keeps its last tokens."""
+    if side == "right":
+        room = max(max_length - len(pair.prompt_ids), 0)
+        return EncodedPair(
+            pair.prompt_ids[:max_length], pair.chosen_ids[:room], pair.rejected_ids[:room]
+        )
+    room = max(max_length - max(len(pair.chosen_ids), len(pair.rejected_ids)), 0)
+    return EncodedPair(
+        pair.prompt_ids[len(pair.prompt_ids) - room :],
+        pair.chosen_ids[-max_length:],
+        pair.rejected_ids[-max_length:],
+    )
 
 
 def text_budget(tokenizer: PreTrainedTokenizerBase, max_length: int) -> int:

@@ -9,6 +9,7 @@ import pyarrow.compute as pc
 from finetune.data.pipeline import PreparedData
 
 HISTOGRAM_BINS = 8
+ANSWERS = ("chosen_ids", "rejected_ids")
 BAR_WIDTH = 40
 
 
@@ -49,6 +50,15 @@ def format_summary(data: PreparedData) -> str:
 
 def _token_line(name: str, samples: datasets.Dataset) -> str:
     table = samples.with_format("arrow")[:]
+    if "chosen_ids" in table.column_names:  # preference pairs: the answers carry the loss
+        answers = [pc.sum(pc.list_value_length(table[c])).as_py() or 0 for c in ANSWERS]
+        prompts = pc.sum(pc.list_value_length(table["prompt_ids"])).as_py() or 0
+        tokens, trainable = 2 * prompts + sum(answers), sum(answers)
+        return (
+            f"{name}: {len(table)} pairs, {tokens} tokens in both sequences, {trainable} "
+            f"in answers ({100 * trainable / max(tokens, 1):.1f}%), mean longer sequence "
+            f"{pc.mean(table['length']).as_py() or 0:.1f}"
+        )
     labels = table["labels"]
     carry = pc.sum(pc.not_equal(pc.list_flatten(labels), -100)).as_py() or 0
     # A sample's first label is never predicted (nothing comes before it).

@@ -26,6 +26,8 @@ def card_metadata(record: RunRecord, hub: HubConfig) -> dict[str, Any]:
     tags = ["finetune"]
     if record.method is not None and record.kind != "base":
         tags.append(record.method.type)
+    if record.objective is not None and record.objective.type != "sft" and record.kind != "base":
+        tags += ["trl", record.objective.type]
     model_type = (record.config or {}).get("model_type") or (
         record.model.architecture if record.model else None
     )
@@ -178,11 +180,26 @@ def _method_rows(record: RunRecord) -> list[tuple[str, str]]:
         ]
         if method.use_rslora or method.use_dora:
             rows.append(("variant", "rsLoRA" if method.use_rslora else "DoRA"))
+    if record.objective is not None:
+        rows.append(("objective", _objective_text(record.objective)))
     if record.data is not None:
         names = [Path(s.path).name if not is_hub_id(s.path) else s.path for s in record.data.train]
         rows.append(("training data", ", ".join(f"`{n}`" for n in names)))
         rows.append(("max sequence length", str(record.data.max_length)))
     return rows
+
+
+def _objective_text(objective: Any) -> str:
+    if objective.type == "dpo":
+        losses = " + ".join(objective.loss_type)
+        return (
+            f"DPO (TRL's DPOTrainer), loss {losses}, beta {objective.beta:g}, reference "
+            f"{'log-probs precomputed' if objective.reference == 'precomputed' else 'model'}, "
+            "on preference pairs"
+        )
+    if objective.type == "reward":
+        return "reward model (TRL's RewardTrainer, pairwise loss) on preference pairs"
+    return "supervised fine-tuning (the loss of the model's own head)"
 
 
 def _hyperparameter_rows(record: RunRecord) -> list[tuple[str, str]]:
@@ -255,7 +272,12 @@ def _card_results(record: RunRecord) -> str:
     metrics = {**(record.info.get("untrained_metrics") or {}), **(record.info.get("metrics") or {})}
     if record.step is not None:  # a checkpoint: the latest logged values so far
         metrics = {k: _last(record.metrics, k) for k in ("loss", "eval_loss")}
-    if isinstance(metrics.get("eval_loss"), (int, float)) and "eval_perplexity" not in metrics:
+    language_model_loss = record.info.get("objective", "sft") == "sft"
+    if (
+        isinstance(metrics.get("eval_loss"), (int, float))
+        and "eval_perplexity" not in metrics
+        and language_model_loss
+    ):
         metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50.0))
     shown = [
         (k, v)

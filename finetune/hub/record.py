@@ -17,6 +17,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from finetune.config.data import DataConfig
 from finetune.config.hub import LEGACY_REPO_ID, HubConfig
+from finetune.config.objective import ObjectiveConfig
 from finetune.config.schema import (
     DistributedConfig,
     FullMethod,
@@ -87,6 +88,8 @@ class RunRecord:
     train: TrainConfig | None = None
     data: DataConfig | None = None
     distributed: DistributedConfig | None = None
+    objective: Any = None
+    """The run's objective section (None for runs from before it existed: SFT)."""
     step: int | None = None
     """Set for a checkpoint pushed while training goes on."""
     kind: str = "run"
@@ -162,6 +165,7 @@ SECTIONS = {
     "train": TypeAdapter(TrainConfig),
     "data": TypeAdapter(DataConfig),
     "distributed": TypeAdapter(DistributedConfig),
+    "objective": TypeAdapter(ObjectiveConfig),
 }
 
 

@@ -2,7 +2,8 @@
 
 Importing this package registers three model types:
 
-- `"decoder"`: `FinetuneDecoderConfig`, `FinetuneDecoderModel`, `FinetuneDecoderForCausalLM`
+- `"decoder"`: `FinetuneDecoderConfig`, `FinetuneDecoderModel`, `FinetuneDecoderForCausalLM`,
+  `FinetuneDecoderForSequenceClassification`
 - `"encoder"`: `FinetuneEncoderConfig`, `FinetuneEncoderModel`, `FinetuneEncoderForMaskedLM`,
   `FinetuneEncoderForSequenceClassification`
 - `"seq2seq"`: `FinetuneSeq2SeqConfig`, `FinetuneSeq2SeqModel`,
@@ -27,7 +28,11 @@ from .configuration_common import TransformerConfig
 from .configuration_decoder import FinetuneDecoderConfig
 from .configuration_encoder import FinetuneEncoderConfig
 from .configuration_seq2seq import FinetuneSeq2SeqConfig
-from .modeling_decoder import FinetuneDecoderForCausalLM, FinetuneDecoderModel
+from .modeling_decoder import (
+    FinetuneDecoderForCausalLM,
+    FinetuneDecoderForSequenceClassification,
+    FinetuneDecoderModel,
+)
 from .modeling_encoder import (
     FinetuneEncoderForMaskedLM,
     FinetuneEncoderForSequenceClassification,
@@ -47,7 +52,11 @@ ARCHITECTURES: dict[str, type[TransformerConfig]] = {
 _REGISTRATIONS = [
     (
         FinetuneDecoderConfig,
-        [(AutoModel, FinetuneDecoderModel), (AutoModelForCausalLM, FinetuneDecoderForCausalLM)],
+        [
+            (AutoModel, FinetuneDecoderModel),
+            (AutoModelForCausalLM, FinetuneDecoderForCausalLM),
+            (AutoModelForSequenceClassification, FinetuneDecoderForSequenceClassification),
+        ],
     ),
     (
         FinetuneEncoderConfig,
@@ -84,6 +93,7 @@ __all__ = [
     "ARCHITECTURES",
     "FinetuneDecoderConfig",
     "FinetuneDecoderForCausalLM",
+    "FinetuneDecoderForSequenceClassification",
     "FinetuneDecoderModel",
     "FinetuneEncoderConfig",
     "FinetuneEncoderForMaskedLM",

@@ -45,6 +45,9 @@ class FinetuneDecoderConfig(TransformerConfig):
         "AutoConfig": "configuration_decoder.FinetuneDecoderConfig",
         "AutoModel": "modeling_decoder.FinetuneDecoderModel",
         "AutoModelForCausalLM": "modeling_decoder.FinetuneDecoderForCausalLM",
+        "AutoModelForSequenceClassification": (
+            "modeling_decoder.FinetuneDecoderForSequenceClassification"
+        ),
     }
 
     sliding_window: int | None = None

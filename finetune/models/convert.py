@@ -31,7 +31,11 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedConfig, PreTra
 from .configuration_decoder import FinetuneDecoderConfig
 from .configuration_encoder import FinetuneEncoderConfig
 from .configuration_seq2seq import FinetuneSeq2SeqConfig
-from .modeling_decoder import FinetuneDecoderForCausalLM, FinetuneDecoderModel
+from .modeling_decoder import (
+    FinetuneDecoderForCausalLM,
+    FinetuneDecoderForSequenceClassification,
+    FinetuneDecoderModel,
+)
 from .modeling_encoder import (
     FinetuneEncoderForMaskedLM,
     FinetuneEncoderForSequenceClassification,
@@ -107,23 +111,31 @@ def decoder_config_from_hf(config: PreTrainedConfig) -> FinetuneDecoderConfig:
         attention_out_bias=attention_bias,
         mlp_bias=getattr(config, "mlp_bias", False),
         sliding_window=_uniform_sliding_window(config),
+        id2label=config.id2label,  # a classification (or reward) head's outputs
+        label2id=config.label2id,
+        problem_type=config.problem_type,
     )
 
 
-def decoder_from_hf(model: ModelSource) -> FinetuneDecoderForCausalLM | FinetuneDecoderModel:
+def decoder_from_hf(
+    model: ModelSource,
+) -> FinetuneDecoderForCausalLM | FinetuneDecoderForSequenceClassification | FinetuneDecoderModel:
     """Convert a Llama, Mistral or Qwen2 model into the decoder family.
 
     Args:
-        model: A `LlamaForCausalLM`/`LlamaModel` (or the Mistral/Qwen2 equivalents), or a local
-            checkpoint directory holding one.
+        model: A `LlamaForCausalLM`, `LlamaForSequenceClassification` or `LlamaModel` (or the
+            Mistral/Qwen2 equivalents), or a local checkpoint directory holding one.
 
     Returns:
-        `FinetuneDecoderForCausalLM` for a causal-LM source, `FinetuneDecoderModel` for a base
-        model, with the same weights.
+        `FinetuneDecoderForCausalLM` for a causal-LM source,
+        `FinetuneDecoderForSequenceClassification` for a classifier (or reward model),
+        `FinetuneDecoderModel` for a base model, with the same weights.
     """
     source = _load_source(model)
     target_class = FinetuneDecoderForCausalLM
-    if not hasattr(source, "lm_head"):
+    if hasattr(source, "score"):
+        target_class = FinetuneDecoderForSequenceClassification
+    elif not hasattr(source, "lm_head"):
         target_class = FinetuneDecoderModel
     return _convert(source, decoder_config_from_hf(source.config), target_class, _LLAMA_RENAMES)
 

@@ -14,7 +14,11 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMixin
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
+    CausalLMOutputWithPast,
+    SequenceClassifierOutputWithPast,
+)
 from transformers.modeling_utils import PreTrainedModel, slice_logits_to_keep
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, can_return_tuple
@@ -227,4 +231,85 @@ class FinetuneDecoderForCausalLM(FinetuneDecoderPreTrainedModel, GenerationMixin
         )
 
 
-__all__ = ["FinetuneDecoderForCausalLM", "FinetuneDecoderModel", "FinetuneDecoderPreTrainedModel"]
+class FinetuneDecoderForSequenceClassification(FinetuneDecoderPreTrainedModel):
+    """The decoder stack with a linear head read at each sequence's last token: a classifier,
+    or with `num_labels=1` a reward model (TRL's RewardTrainer). The last token is the last
+    one the attention mask covers (padding on either side), or without a mask the last one
+    that is not padding, as in transformers' Llama."""
+
+    def __init__(self, config: FinetuneDecoderConfig) -> None:
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = FinetuneDecoderModel(config)
+        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> SequenceClassifierOutputWithPast:
+        """Sequence logits, and the loss when `labels` are given.
+
+        Args:
+            input_ids, attention_mask, position_ids, inputs_embeds, use_cache: As in
+                `FinetuneDecoderModel.forward` (no cache is kept: one pass scores a sequence).
+            labels: Class ids (batch,), or float targets for regression.
+
+        Returns:
+            `SequenceClassifierOutputWithPast` with `logits` (batch, num_labels).
+        """
+        outputs: BaseModelOutputWithPast = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            use_cache=False,
+            **kwargs,
+        )
+        logits = self.score(outputs.last_hidden_state)  # (batch, seq, num_labels)
+        batch = logits.shape[0]
+        last = self._last_positions(input_ids, attention_mask, logits.shape[1], logits.device)
+        pooled = logits[torch.arange(batch, device=logits.device), last]
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(
+                logits=logits, labels=labels, pooled_logits=pooled, config=self.config, **kwargs
+            )
+        return SequenceClassifierOutputWithPast(
+            loss=loss,
+            logits=pooled,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+    def _last_positions(
+        self,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        length: int,
+        device: torch.device,
+    ) -> torch.Tensor | int:
+        """Index of each sequence's last real token (-1, the last position, when unknown)."""
+        if attention_mask is not None and attention_mask.dim() == 2:
+            real = attention_mask.to(device, torch.int32)
+        elif input_ids is not None and self.config.pad_token_id is not None:
+            real = (input_ids != self.config.pad_token_id).to(device, torch.int32)
+        else:
+            return -1
+        positions = torch.arange(length, device=device, dtype=torch.int32)
+        return (positions * real).argmax(-1)
+
+
+__all__ = [
+    "FinetuneDecoderForCausalLM",
+    "FinetuneDecoderForSequenceClassification",
+    "FinetuneDecoderModel",
+    "FinetuneDecoderPreTrainedModel",
+]

@@ -48,8 +48,11 @@ def training_arguments(
     deepspeed: dict[str, Any] | None,
     has_eval: bool,
     timeout_s: int = 1800,
+    args_class: type[TrainingArguments] = TrainingArguments,
+    **options: Any,
 ) -> TrainingArguments:
-    """Translate the train, logging and output sections for transformers' Trainer.
+    """Translate the train, logging and output sections for transformers' Trainer (or, as
+    `args_class`, a TRL trainer's config with the objective's `options`).
 
     Creating the arguments also sets up the distributed state when the process was started
     by a launcher (deepspeed, torchrun), so this comes before any rank writes a file.
@@ -59,7 +62,7 @@ def training_arguments(
     trackers = report_to(logging)
     if "tensorboard" in trackers:
         set_tensorboard_dir(out / "tensorboard")
-    return TrainingArguments(
+    return args_class(
         output_dir=str(out / "checkpoints"),
         per_device_train_batch_size=train.micro_batch_size,
         per_device_eval_batch_size=train.micro_batch_size,
@@ -94,4 +97,5 @@ def training_arguments(
         remove_unused_columns=False,
         disable_tqdm=False,
         include_num_input_tokens_seen="non_padding",
+        **options,
     )

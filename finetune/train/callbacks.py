@@ -16,14 +16,16 @@ from finetune.train.checkpoints import rotate_checkpoints, seal_checkpoint
 
 
 class MetricsLogger(TrainerCallback):
-    """Append every log event to a JSON-lines file, with tokens/s and perplexity added.
+    """Append every log event to a JSON-lines file, with tokens/s and (for a language
+    model's loss, `perplexity`) perplexity added.
 
     It mutates the logs it receives, so callbacks after it (the progress bar) show the
     added values too.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, perplexity: bool = True) -> None:
         self.path = path
+        self.perplexity = perplexity
         self.start = time.monotonic()
         self._last: tuple[float, int] | None = None
 
@@ -46,7 +48,7 @@ class MetricsLogger(TrainerCallback):
             if seconds > 0 and tokens > 0:
                 logs["tokens_per_second"] = round(tokens / seconds, 1)
             self._last = (now, state.num_input_tokens_seen)
-        if "eval_loss" in logs:
+        if "eval_loss" in logs and self.perplexity:
             logs["eval_perplexity"] = math.exp(min(logs["eval_loss"], 50.0))
         if not state.is_world_process_zero:
             return

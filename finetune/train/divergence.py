@@ -49,9 +49,9 @@ class DivergenceGuard(TrainerCallback):
             raise diverged(state.global_step + 1, "gradient norm", norm)
 
 
-class GuardedTrainer(Trainer):
-    """transformers' Trainer that stops on a non-finite DeepSpeed gradient norm (and does
-    not warn of tied weights as missing when it resumes)."""
+class Guarded:
+    """Mixed into a Trainer class (transformers' or TRL's): stop on a non-finite DeepSpeed
+    gradient norm, and do not warn of tied weights as missing on resume."""
 
     def _issue_warnings_after_load(self, load_result) -> None:
         if hasattr(load_result, "_replace"):  # torch's _IncompatibleKeys
@@ -67,3 +67,7 @@ class GuardedTrainer(Trainer):
             if not math.isfinite(norm):
                 raise diverged(self.state.global_step + 1, "gradient norm", norm)
         return loss
+
+
+class GuardedTrainer(Guarded, Trainer):
+    """transformers' Trainer with the `Guarded` checks."""

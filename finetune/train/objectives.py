@@ -1,25 +1,33 @@
 """What a run optimises, and the trainer class that optimises it.
 
 An objective is the loss a run minimises and the batches that loss reads: the trainer class
-that computes it, the collator that builds its batches from the data layer's samples and the
-metrics its evaluation adds. Today the objective follows the model's head (`model.task`):
-next-token prediction, masked tokens, seq2seq targets and class labels, all through
-transformers' `Trainer` (`GuardedTrainer`), each with its own collator. An objective with its
-own trainer (TRL's `DPOTrainer`, `RewardTrainer`, `GRPOTrainer`, ...) is one more entry in
-`OBJECTIVES`; the setup around it (`finetune.train.runner.prepare_run`) stays the same.
+that computes it, its arguments class, the collator that builds its batches from the data
+layer's samples and the metrics its evaluation adds. `objective: sft` (the default) follows
+the model's head (`model.task`): next-token prediction, masked tokens, seq2seq targets and
+class labels, all through transformers' `Trainer` (`GuardedTrainer`), each with its own
+collator (`TASK_OBJECTIVES`). The others are TRL's trainers on the data layer's tokenized
+preference pairs: `dpo` (`DPOTrainer`) and `reward` (`RewardTrainer`). The setup around them
+(`finetune.train.runner.prepare_run`) is the same for all.
 
 The engine is chosen apart from the objective: a pipeline-parallel run replaces the
 objective's trainer with `PipelineTrainer`, which drives DeepSpeed's PipelineEngine behind
-the same interface (next-token prediction only: preflight refuses the others).
+the same interface (next-token prediction only: the config refuses the others).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from transformers import EvalPrediction, PreTrainedTokenizerBase
+from transformers import (
+    EvalPrediction,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
 
 from finetune.config.data import DataConfig
 from finetune.data.collator import (
@@ -29,6 +37,9 @@ from finetune.data.collator import (
     build_collator,
 )
 from finetune.train.divergence import GuardedTrainer
+
+if TYPE_CHECKING:
+    from finetune.config.schema import RunConfig
 
 
 def accuracy(prediction: EvalPrediction) -> dict[str, float]:
@@ -56,7 +67,7 @@ class Objective:
     """The Trainer's `compute_metrics`, when evaluation reports more than the loss."""
 
 
-OBJECTIVES: dict[str, Objective] = {
+TASK_OBJECTIVES: dict[str, Objective] = {
     "causal_lm": Objective(
         GuardedTrainer, lambda data, tokenizer, seed: build_collator(data, tokenizer.pad_token_id)
     ),
@@ -75,5 +86,96 @@ OBJECTIVES: dict[str, Objective] = {
 
 
 def objective_of(task: str) -> Objective:
-    """The objective a model built for `task` trains with."""
-    return OBJECTIVES[task]
+    """The `sft` objective of a model built for `task`: its head's own loss."""
+    return TASK_OBJECTIVES[task]
+
+
+def arguments_class(cfg: RunConfig) -> tuple[type[TrainingArguments], dict[str, Any]]:
+    """The TrainingArguments class of the run's objective, and the objective's options in
+    it. TRL's configs change some of TrainingArguments' defaults (bf16, gradient
+    checkpointing, dropout): every one of those is set from the run config instead."""
+    objective = cfg.objective
+    if objective.type == "dpo":
+        from trl import DPOConfig
+
+        return DPOConfig, {
+            "beta": objective.beta,
+            "loss_type": list(objective.loss_type),
+            "loss_weights": objective.loss_weights,
+            "label_smoothing": objective.label_smoothing,
+            "precompute_ref_log_probs": objective.reference == "precomputed",
+            # Pairs arrive truncated by the data layer (finetune.data.pipeline.truncate_pair)
+            "max_length": None,
+            "disable_dropout": False,  # method.dropout (and the model's) mean what they say
+        }
+    if objective.type == "reward":
+        from trl import RewardConfig
+
+        return RewardConfig, {
+            "center_rewards_coefficient": objective.center_rewards_coefficient,
+            "max_length": None,
+            "disable_dropout": False,
+        }
+    return TrainingArguments, {}
+
+
+def head_labels(cfg: RunConfig) -> list[str] | None:
+    """Names of the outputs of a classification head the run adds, if it adds one: the
+    classes of classification data, or the one score of a reward model."""
+    if cfg.objective.type == "reward":
+        return ["reward"]
+    return getattr(cfg.data.train[0].format, "labels", None)
+
+
+def build_trainer(
+    cfg: RunConfig,
+    args: TrainingArguments,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    train_dataset: Any,
+    eval_dataset: Any,
+    callbacks: list[TrainerCallback],
+    optimizer_cls_and_kwargs: tuple[type, dict[str, Any]] | None,
+    reference: Callable[[], PreTrainedModel],
+) -> Trainer:
+    """The trainer of the run's objective.
+
+    Args:
+        reference: builds a fresh copy of the starting model, for an objective that needs a
+            frozen reference model (DPO with full training).
+    """
+    common = {
+        "model": model,
+        "args": args,
+        "train_dataset": train_dataset,
+        "eval_dataset": eval_dataset,
+        "processing_class": tokenizer,
+        "callbacks": callbacks,
+    }
+    objective = cfg.objective
+    if objective.type == "dpo":
+        from finetune.train.trl_trainers import PreferenceTrainer
+
+        if optimizer_cls_and_kwargs is not None:
+            common["optimizers"] = (None, None)  # DPOTrainer takes no optimizer class
+        from peft import PeftModel
+
+        needs_copy = objective.reference == "model" and not isinstance(model, PeftModel)
+        return PreferenceTrainer(ref_model=reference() if needs_copy else None, **common)
+    if objective.type == "reward":
+        from finetune.train.trl_trainers import RewardModelTrainer, WholeSequences
+
+        if model.config.pad_token_id is None:  # the head reads the last token before padding
+            model.config.pad_token_id = tokenizer.pad_token_id
+        return RewardModelTrainer(
+            data_collator=WholeSequences(tokenizer.pad_token_id),
+            optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
+            **common,
+        )
+    task = objective_of(cfg.model.task)
+    return task.trainer(
+        data_collator=task.collator(cfg.data, tokenizer, cfg.train.seed),
+        optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
+        compute_metrics=task.metrics,
+        **common,
+    )

@@ -10,7 +10,14 @@ ROWS = (
     ("perplexity", "eval_perplexity", "untrained_perplexity", "{:.2f}"),
     ("exact match", "exact_match", "untrained_exact_match", "{:.1%}"),
     ("accuracy", "eval_accuracy", "untrained_accuracy", "{:.1%}"),
+    ("preference accuracy", "eval_preference_accuracy", "untrained_preference_accuracy", "{:.1%}"),
+    ("preference margin", "eval_preference_margin", "untrained_preference_margin", "{:.3f}"),
+    ("reward accuracy", "eval_rewards/accuracies", "untrained_rewards/accuracies", "{:.1%}"),
+    ("reward margin", "eval_rewards/margins", "untrained_rewards/margins", "{:.3f}"),
 )
+"""(row name, trained metric, untrained metric, format). `reward *` are DPO's implicit
+rewards (relative to the reference model, so 0 before training); `preference *` is the
+model's own preference on held-out pairs (finetune.evaluate.preference_accuracy)."""
 
 
 def format_report(summary: dict[str, Any]) -> str:
@@ -18,7 +25,8 @@ def format_report(summary: dict[str, Any]) -> str:
     trained = dict(summary["metrics"])
     untrained = dict(summary.get("untrained_metrics") or {})
     for metrics, loss in ((trained, "eval_loss"), (untrained, "untrained_loss")):
-        if loss in metrics:
+        # A language model's loss only: a preference loss has no perplexity
+        if loss in metrics and summary.get("objective", "sft") == "sft":
             metrics[loss.replace("loss", "perplexity")] = math.exp(min(metrics[loss], 50.0))
     lines = [f"trained {summary['global_step']} steps, {summary['tokens_seen']:,} tokens"]
     rows = [(name, trained.get(t), untrained.get(u), fmt) for name, t, u, fmt in ROWS]

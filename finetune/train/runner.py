@@ -21,6 +21,7 @@ from transformers import (
 from transformers.trainer_callback import ProgressCallback
 
 from finetune.config.loader import dump_config
+from finetune.config.objective import PREFERENCE_OBJECTIVES
 from finetune.config.schema import RunConfig
 from finetune.data.cache import cache_root
 from finetune.data.pipeline import PreparedData, prepare_data
@@ -35,7 +36,7 @@ from finetune.distributed.launch import (
 from finetune.distributed.watchdog import watchdog_callbacks
 from finetune.distributed.zero import gathered_parameters
 from finetune.errors import Interrupted, StorageError, TrainingDiverged, disk_full
-from finetune.evaluate import exact_match, prompt_answer_pairs
+from finetune.evaluate import exact_match, preference_accuracy, prompt_answer_pairs
 from finetune.hub import check_hub, hub_callbacks, push_trained
 from finetune.layout import BASE_MODEL, CHECKPOINTS, MERGED, METRICS, RUN_CONFIG, RUN_INFO
 from finetune.methods import apply_method, load_base_model, trainable_parameters
@@ -50,7 +51,7 @@ from finetune.train.callbacks import (
 )
 from finetune.train.checkpoints import latest_checkpoint, open_output_dir
 from finetune.train.divergence import DivergenceGuard
-from finetune.train.objectives import objective_of
+from finetune.train.objectives import arguments_class, build_trainer, head_labels, objective_of
 from finetune.train.output import replacing, staged_save, unlock_output_dir
 from finetune.train.stopping import GracefulStop
 
@@ -139,6 +140,7 @@ def prepare_run(
     stages = cfg.distributed.pipeline_stages
     has_eval = bool(cfg.data.eval) or cfg.data.eval_ratio > 0
     init_process_group(cfg.distributed)  # before a ZeRO-3 model is built, with the timeout
+    args_class, options = arguments_class(cfg)
     args = training_arguments(
         cfg.train,
         cfg.logging,
@@ -146,6 +148,8 @@ def prepare_run(
         ds_config if stages == 1 else None,  # a pipeline's engine is built by its trainer
         has_eval,
         cfg.distributed.timeout_s,
+        args_class,
+        **options,
     )
     resume_from = open_output_dir(cfg, overwrite, resume, args.process_index == 0, _barrier)
 
@@ -209,10 +213,8 @@ def _build_trainer(
     """The objective's trainer (or, with pipeline stages, the pipeline's) with the run's
     callbacks: the same ones whatever the engine."""
     stages, out = cfg.distributed.pipeline_stages, Path(cfg.output.dir)
-    objective = objective_of(cfg.model.task)
-    collator = objective.collator(cfg.data, tokenizer, cfg.train.seed)
     callbacks = [
-        MetricsLogger(out / METRICS),
+        MetricsLogger(out / METRICS, perplexity=cfg.objective.type == "sft"),
         CheckpointMarker(cfg.output.save_total_limit, cfg.output.checkpoint_checksums),
         GracefulStop(cfg.output.stop_grace_s),
         DivergenceGuard(),
@@ -224,6 +226,8 @@ def _build_trainer(
     if stages > 1:  # DeepSpeed's PipelineEngine, behind the Trainer's interface
         from finetune.train.pipeline_trainer import PipelineTrainer
 
+        objective = objective_of(cfg.model.task)  # next-token prediction (the config checks)
+        collator = objective.collator(cfg.data, tokenizer, cfg.train.seed)
         data_parallel = args.world_size // stages
         trainer = PipelineTrainer(
             model=model,
@@ -237,16 +241,16 @@ def _build_trainer(
             callbacks=callbacks,
         )
     else:
-        trainer = objective.trainer(
-            model=model,
-            args=args,
-            train_dataset=data.train,
-            eval_dataset=data.eval,
-            data_collator=collator,
-            processing_class=tokenizer,
-            optimizer_cls_and_kwargs=optimizer_class(cfg.train),
-            compute_metrics=objective.metrics,
-            callbacks=callbacks,
+        trainer = build_trainer(
+            cfg,
+            args,
+            model,
+            tokenizer,
+            data.train,
+            data.eval,
+            callbacks,
+            optimizer_class(cfg.train),
+            reference=lambda: _reference_model(cfg, tokenizer),
         )
     if trainer.pop_callback(ProgressCallback) is not None:
         trainer.add_callback(ProgressBar())
@@ -260,6 +264,7 @@ def execute(run: PreparedRun) -> dict[str, Any]:
     if has_eval and run.cfg.train.eval_untrained and run.resume_from is None:
         run.untrained_metrics = trainer.evaluate(metric_key_prefix="untrained")
         run.untrained_metrics.update(_exact_match(run, "untrained_exact_match"))
+        run.untrained_metrics.update(_preference(run, "untrained"))
     resume_from = str(run.resume_from) if run.resume_from else None
     metrics = dict(trainer.train(resume_from_checkpoint=resume_from).metrics)
     stop = _callback(trainer, GracefulStop)
@@ -268,12 +273,14 @@ def execute(run: PreparedRun) -> dict[str, Any]:
     if has_eval:
         metrics.update(trainer.evaluate())
         metrics.update(_exact_match(run, "exact_match"))
+        metrics.update(_preference(run, "eval"))
 
     trainer.model.config.use_cache = True  # saved for generation, where the cache helps
     with staged_save(out, run.args.process_index == 0) as staging:
         trainer.save_model(str(staging))
         _barrier()  # every rank is done with it (ZeRO-3 gathers the weights on all ranks)
     summary = {
+        "objective": run.cfg.objective.type,
         "world_size": run.args.world_size,
         "engine": type(trainer.model_wrapped).__name__,
         "global_step": trainer.state.global_step,
@@ -301,13 +308,20 @@ def _build_model(
     """The model with the run's method applied, its new weights drawn from the run's seed."""
     set_seed(cfg.train.seed)
     quantize = cfg.method if cfg.method.type == "qlora" else None
-    labels = getattr(cfg.data.train[0].format, "labels", None)  # classification classes
-    model = load_base_model(cfg.model, tokenizer, quantize, labels)
+    model = load_base_model(cfg.model, tokenizer, quantize, head_labels(cfg))
     if cfg.method.type != "full" and cfg.model.architecture is not None:
         _save_new_base(model, out / BASE_MODEL, is_main)
     model = apply_method(model, cfg.method, cfg.train.gradient_checkpointing, cfg.model.task)
     model.config.use_cache = False  # a cache would disable packed-sequence masking
     return model
+
+
+def _reference_model(cfg: RunConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    """A frozen copy of the model as training starts (the same checkpoint, or the same
+    seeded random weights), for an objective that compares against it."""
+    set_seed(cfg.train.seed)
+    model = load_base_model(cfg.model, tokenizer, None, head_labels(cfg))
+    return model.requires_grad_(False).eval()
 
 
 def _save_new_base(model: PreTrainedModel, path: Path, is_main: bool) -> None:
@@ -340,6 +354,19 @@ def _exact_match(run: PreparedRun, key: str) -> dict[str, float]:
         max_new_tokens=run.cfg.train.exact_match_max_new_tokens,
     )
     return {key: score}
+
+
+def _preference(run: PreparedRun, prefix: str) -> dict[str, float]:
+    """The model's own preference on held-out pairs (preference objectives only)."""
+    if run.cfg.objective.type not in PREFERENCE_OBJECTIVES:
+        return {}
+    scores = preference_accuracy(
+        run.trainer.model,
+        run.trainer.eval_dataset,
+        run.tokenizer.pad_token_id,
+        run.cfg.train.micro_batch_size,
+    )
+    return {f"{prefix}_{name}": value for name, value in scores.items()}
 
 
 def _barrier() -> None:

@@ -183,6 +183,25 @@ def test_model_card_metadata_and_text(tmp_path: Path) -> None:
     assert "| 20 | 3.0000 | 3.2500 |" in card.text  # one row per step, the last one included
 
 
+def test_card_names_the_objective_and_its_data(tmp_path: Path) -> None:
+    out = output_dir(
+        tmp_path,
+        objective={"type": "dpo", "beta": 0.2, "loss_type": ["sigmoid", "sft"]},
+        data={"train": [{"path": "/data/pairs.jsonl", "format": "preference"}]},
+    )
+    info = json.loads((out / "run_info.json").read_text())
+    info["objective"] = "dpo"
+    info["metrics"] |= {"eval_rewards/accuracies": 0.875, "eval_preference_accuracy": 0.9}
+    (out / "run_info.json").write_text(json.dumps(info))
+    text = model_card(read_run(out), HUB, "alice/model", has_curve=False)
+    card = ModelCard(text)
+    assert card.data.tags[:4] == ["finetune", "full", "trl", "dpo"]
+    assert "| objective | DPO (TRL's DPOTrainer), loss sigmoid + sft, beta 0.2" in card.text
+    assert "| training data | `pairs.jsonl` |" in card.text
+    assert "| eval_rewards/accuracies | 0.8750 |" in card.text
+    assert "perplexity" not in card.text  # a preference loss has none
+
+
 def test_adapter_card_follows_peft(tmp_path: Path) -> None:
     adapter = {"task_type": "CAUSAL_LM", "peft_type": "LORA", "base_model_name_or_path": "a/b"}
     out = output_dir(tmp_path, method={"type": "lora"}, adapter=adapter)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import Qwen2Config
+from transformers import LlamaConfig, LlamaForSequenceClassification, Qwen2Config
 
 from finetune.models import (
     FinetuneDecoderForCausalLM,
+    FinetuneDecoderForSequenceClassification,
     FinetuneEncoderForMaskedLM,
     FinetuneEncoderForSequenceClassification,
     FinetuneSeq2SeqForConditionalGeneration,
@@ -59,6 +60,35 @@ def test_decoder_loss_matches_llama() -> None:
         expected = reference(input_ids=ids, labels=labels).loss
         actual = ours(input_ids=ids, labels=labels).loss
     torch.testing.assert_close(actual, expected)
+
+
+@pytest.mark.parametrize("attn", ATTENTION)
+@pytest.mark.parametrize("num_labels", [1, 3])
+def test_decoder_classifier_matches_llama(attn: str, num_labels: int) -> None:
+    """The sequence-classification head (a reward model with one label) reads the same last
+    token as transformers' Llama: right-padded batches, with or without the mask."""
+    tiny.seeded()
+    source = tiny.llama(attn)
+    reference = LlamaForSequenceClassification(
+        LlamaConfig(**{**source.config.to_dict(), "num_labels": num_labels})
+    ).eval()
+    ours = decoder_from_hf(reference)
+    assert isinstance(ours, FinetuneDecoderForSequenceClassification)
+    assert ours.config.num_labels == num_labels
+    ids = tiny.token_ids(3, 10)
+    mask = torch.ones_like(ids)
+    for row, length in enumerate([10, 7, 4]):  # right padding, as TRL's collators pad
+        ids[row, length:] = reference.config.pad_token_id
+        mask[row, length:] = 0
+    expected = logits(reference, input_ids=ids, attention_mask=mask)
+    torch.testing.assert_close(logits(ours, input_ids=ids, attention_mask=mask), expected)
+    torch.testing.assert_close(logits(ours, input_ids=ids), expected)
+    labels = torch.tensor([0.5, -1.0, 2.0]) if num_labels == 1 else torch.tensor([0, 2, 1])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            ours(input_ids=ids, attention_mask=mask, labels=labels).loss,
+            reference(input_ids=ids, attention_mask=mask, labels=labels).loss,
+        )
 
 
 @pytest.mark.parametrize("attn", ATTENTION)

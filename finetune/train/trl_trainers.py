@@ -1,0 +1,82 @@
+"""TRL's trainers as the project runs them: on the data layer's tokenized rows, with the
+divergence checks of every run (`Guarded`). Imported only by runs whose objective needs
+TRL (an optional dependency)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trl import DPOTrainer, RewardTrainer
+from trl.trainer.reward_trainer import DataCollatorForPreference
+
+from finetune.train.divergence import Guarded
+
+
+class NamedEvalMetrics:
+    """Mixed into TRL's trainers: their own evaluation metrics (rewards/accuracies, ...)
+    get the prefix `evaluate` was called with (TRL writes `eval_` whatever it is), so an
+    evaluation before training reports `untrained_*` throughout."""
+
+    _prefix = "eval"
+
+    def evaluate(self, *args: Any, metric_key_prefix: str = "eval", **kwargs: Any) -> Any:
+        self._prefix = metric_key_prefix
+        try:
+            return super().evaluate(*args, metric_key_prefix=metric_key_prefix, **kwargs)
+        finally:
+            self._prefix = "eval"
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        collected = self._metrics["eval"]  # TRL's running lists, emptied by each log
+        if not self.model.training and self._prefix != "eval" and collected:
+            logs.update({f"{self._prefix}_{k}": sum(v) / len(v) for k, v in collected.items()})
+            collected.clear()
+        super().log(logs, start_time)
+
+
+class PreferenceTrainer(NamedEvalMetrics, Guarded, DPOTrainer):
+    """TRL's DPOTrainer on pairs the data layer tokenized, truncated and checked.
+
+    Two of TRL's choices are undone once it is built, both about models the project sets
+    up: the copy of a new LoRA adapter that TRL keeps as the reference ("ref") is dropped,
+    since a new adapter is zero and the base model with adapters disabled is the same
+    reference at no cost (the output then holds one adapter); and the adapter weights of a
+    quantized model get back the dtype they had (TRL casts them to bfloat16, which a CPU
+    without native bf16 runs about 100x slower than `method.compute_dtype`).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        model = kwargs["model"]
+        dtypes = {n: p.dtype for n, p in model.named_parameters() if p.requires_grad}
+        super().__init__(*args, **kwargs)
+        if "ref" in getattr(self.model, "peft_config", {}):
+            self.model.delete_adapter("ref")
+        for name, param in self.model.named_parameters():
+            if name in dtypes and param.dtype != dtypes[name]:
+                param.data = param.data.to(dtypes[name])
+
+    def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, name: str) -> Any:
+        return dataset  # already prompt_ids / chosen_ids / rejected_ids (finetune.data)
+
+
+class RewardModelTrainer(NamedEvalMetrics, Guarded, RewardTrainer):
+    """TRL's RewardTrainer; it takes the data layer's chosen_ids / rejected_ids as they are."""
+
+
+class WholeSequences:
+    """RewardTrainer's collator, given each answer as the whole sequence it scores (the
+    data layer keeps the prompt apart: prompt + chosen, prompt + rejected)."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.collate = DataCollatorForPreference(pad_token_id=pad_token_id)
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        return self.collate(
+            [
+                {
+                    "chosen_ids": e["prompt_ids"] + e["chosen_ids"],
+                    "rejected_ids": e["prompt_ids"] + e["rejected_ids"],
+                }
+                for e in examples
+            ]
+        )

@@ -1,0 +1,87 @@
+"""The objective section: each objective's options exist only when it is chosen, and
+combinations that cannot train are refused before anything runs, with one message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from finetune.config.loader import validate_config
+from finetune.errors import ConfigError
+from tests.conftest import tiny_config
+
+PAIRS = {"path": "pairs.jsonl", "format": "preference"}
+
+
+def _config(tmp_path: Path, objective, **sections) -> dict:
+    cfg = tiny_config(tmp_path, **sections)
+    cfg["data"]["train"] = [PAIRS]
+    cfg["objective"] = objective
+    return cfg
+
+
+def _error(cfg: dict) -> str:
+    with pytest.raises(ConfigError) as caught:
+        validate_config(cfg)
+    return str(caught.value)
+
+
+def test_defaults_and_shorthand(tmp_path: Path) -> None:
+    assert validate_config(tiny_config(tmp_path)).objective.type == "sft"
+    dpo = validate_config(_config(tmp_path, "dpo")).objective
+    assert (dpo.beta, dpo.loss_type, dpo.reference) == (0.1, ["sigmoid"], "model")
+    ipo = validate_config(_config(tmp_path, {"type": "dpo", "loss_type": "ipo"})).objective
+    assert ipo.loss_type == ["ipo"]
+
+
+def test_an_option_of_another_objective_is_an_unknown_field(tmp_path: Path) -> None:
+    message = _error(_config(tmp_path, {"type": "reward", "beta": 0.2}))
+    assert "objective.beta: unknown field (type 'reward')" in message
+    message = _error(_config(tmp_path, {"type": "dpo", "bta": 0.2}))
+    assert "did you mean 'beta'?" in message
+
+
+def test_dpo_options_are_checked(tmp_path: Path) -> None:
+    message = _error(_config(tmp_path, {"type": "dpo", "loss_type": ["sigmoid", "hing"]}))
+    assert "objective.loss_type[1]" in message and "got 'hing'" in message
+    weights = {"type": "dpo", "loss_type": ["sigmoid", "sft"], "loss_weights": [1.0]}
+    assert "one weight per loss" in _error(_config(tmp_path, weights))
+    assert "label_smoothing above 0" in _error(
+        _config(tmp_path, {"type": "dpo", "loss_type": "exo_pair"})
+    )
+
+
+def test_preference_data_and_objective_go_together(tmp_path: Path) -> None:
+    sft = _config(tmp_path, "sft")
+    assert "set objective.type to one of them" in _error(sft)
+    text = tiny_config(tmp_path)
+    text["objective"] = "dpo"
+    assert "use format: preference" in _error(text)
+    with_eval = _config(tmp_path, "dpo")
+    with_eval["data"]["eval"] = [{"path": "held_out.jsonl", "format": "completion"}]
+    assert "data.eval[0] (held_out.jsonl) has format 'completion'" in _error(with_eval)
+
+
+def test_reward_objective_takes_the_classification_head(tmp_path: Path) -> None:
+    cfg = validate_config(_config(tmp_path, "reward"))
+    assert cfg.model.task == "sequence_classification"
+    explicit = _config(tmp_path, "reward")
+    explicit["model"]["task"] = "causal_lm"
+    assert "model.task must be sequence_classification" in _error(explicit)
+    generating = _config(tmp_path, "reward", train={"exact_match_rows": 5})
+    generating["data"]["eval"] = [PAIRS]
+    assert "a reward model does not generate" in _error(generating)
+
+
+@pytest.mark.parametrize(
+    ("sections", "fragment"),
+    [
+        ({"data": {"packing": True}}, "data.packing"),
+        ({"distributed": {"pipeline_stages": 2}}, "no pipeline- or tensor-parallel engine"),
+        ({"distributed": {"tensor_parallel": 2}}, "no pipeline- or tensor-parallel engine"),
+        ({"model": {"task": "seq2seq"}}, "dpo trains a language model"),
+    ],
+)
+def test_combinations_that_cannot_train(tmp_path: Path, sections: dict, fragment: str) -> None:
+    assert fragment in _error(_config(tmp_path, "dpo", **sections))

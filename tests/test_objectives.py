@@ -1,0 +1,191 @@
+"""DPO and reward models through the CLI: TRL's trainers on the project's data and models,
+with full training, LoRA and QLoRA, from a small decoder that learned the number tasks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForSequenceClassification
+
+from tests.conftest import REPO, run_cli, write_config
+
+ARITHMETIC = REPO / "finetune" / "resources" / "arithmetic"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def sft_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer decoder trained briefly on the number tasks (about 15 s): its answers'
+    log-probabilities already prefer most right answers, which DPO sharpens; a reward
+    model learns to rank them from a new head."""
+    tmp = tmp_path_factory.mktemp("sft")
+    cfg = {
+        "model": {
+            "architecture": "decoder",
+            "config": {
+                "hidden_size": 64,
+                "intermediate_size": 128,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 2,
+                "max_position_embeddings": 64,
+            },
+        },
+        "tokenizer": {"train": {"vocab_size": 400}},
+        "data": {
+            "train": [{"path": str(ARITHMETIC / "train.jsonl"), "format": "completion"}],
+            "max_length": 32,
+        },
+        "train": {"max_steps": 400, "micro_batch_size": 32, "lr": 3e-3, "warmup_steps": 10},
+        "logging": {"steps": 50, "report_to": []},
+        "output": {"dir": str(tmp / "out")},
+    }
+    result = run_cli("train", str(write_config(tmp / "sft.yaml", cfg)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp / "out"
+
+
+def _run(
+    tmp: Path, model: Path, objective: Any, pairs: int = 640, **sections: dict
+) -> tuple[Path, dict]:
+    tmp.mkdir(parents=True, exist_ok=True)
+    out = tmp / "out"
+    cfg: dict[str, Any] = {
+        "model": {"name_or_path": str(model)},
+        "data": {
+            "train": [
+                {
+                    "path": str(ARITHMETIC / "preference_train.jsonl"),
+                    "format": "preference",
+                    "samples": pairs,
+                }
+            ],
+            "eval": [
+                {
+                    "path": str(ARITHMETIC / "preference_eval.jsonl"),
+                    "format": "preference",
+                    "samples": 128,
+                }
+            ],
+            "max_length": 32,
+        },
+        "objective": objective,
+        "train": {"max_steps": 30, "micro_batch_size": 16, "lr": 1e-3, "eval_untrained": True},
+        "logging": {"steps": 1, "report_to": []},
+        "output": {"dir": str(out)},
+    }
+    for name, values in sections.items():
+        cfg.setdefault(name, {}).update(values)
+    result = run_cli("train", str(write_config(tmp / "run.yaml", cfg)))
+    assert result.returncode == 0, result.stderr[-4000:]
+    return out, json.loads((out / "run_info.json").read_text())
+
+
+def _losses(out: Path) -> list[float]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [row["loss"] for row in rows if "loss" in row]
+
+
+def _eval_cli(out: Path) -> dict[str, float]:
+    result = run_cli("eval", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+def test_dpo_with_lora_prefers_the_right_answers(sft_model: Path, tmp_path: Path) -> None:
+    out, info = _run(
+        tmp_path,
+        sft_model,
+        {"type": "dpo", "beta": 0.5},
+        method={"type": "lora", "rank": 8, "alpha": 16},
+        train={"merge_adapter": True, "lr": 5e-3},
+    )
+    assert info["objective"] == "dpo"
+    before, after = info["untrained_metrics"], info["metrics"]
+    # DPO's implicit reward compares with the reference (the base, adapter disabled):
+    # exactly 0 before training, so its accuracy starts at 0
+    assert before["untrained_rewards/margins"] == 0.0
+    assert after["eval_rewards/accuracies"] > 0.65, after
+    # The model's own preference: the chosen answers' log-probability lead grows (measured:
+    # 3.0 -> 3.9 nats), and no right answer it preferred is lost on the way
+    assert after["eval_preference_margin"] > before["untrained_preference_margin"] + 0.3
+    assert after["eval_preference_accuracy"] >= before["untrained_preference_accuracy"] - 0.02
+    losses = _losses(out)
+    assert losses[0] == pytest.approx(0.6931, abs=1e-3) and losses[-1] < 0.65
+    # One adapter is saved (not TRL's "ref" copy), and merges into its base
+    assert (out / "adapter_config.json").is_file() and not (out / "ref").exists()
+    assert (out / "merged" / "config.json").is_file()
+    # `finetune eval` scores the saved adapter as the run did
+    evaluated = _eval_cli(out)
+    assert evaluated["eval_preference_accuracy"] == pytest.approx(
+        after["eval_preference_accuracy"], abs=1e-6
+    )
+    card_config = (out / "run_config.yaml").read_text()
+    assert "type: dpo" in card_config
+
+
+def test_dpo_reference_copy_equals_precomputed_log_probs(sft_model: Path, tmp_path: Path) -> None:
+    """Full training keeps a frozen copy of the starting model as the reference; computing
+    the reference log-probs once before training instead gives the same steps."""
+    steps = {"max_steps": 4, "eval_untrained": False}
+    copy, _ = _run(tmp_path / "copy", sft_model, {"type": "dpo", "reference": "model"}, train=steps)
+    pre, _ = _run(
+        tmp_path / "pre", sft_model, {"type": "dpo", "reference": "precomputed"}, train=steps
+    )
+    first, second = _losses(copy), _losses(pre)
+    assert len(first) == 4 and first[0] == pytest.approx(0.6931, abs=1e-3)
+    assert first[-1] < first[0]
+    torch.testing.assert_close(torch.tensor(first), torch.tensor(second), atol=1e-5, rtol=0)
+
+
+def test_dpo_with_qlora_keeps_fp32_adapters(sft_model: Path, tmp_path: Path) -> None:
+    out, info = _run(
+        tmp_path,
+        sft_model,
+        {"type": "dpo", "loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.5]},
+        method={"type": "qlora", "rank": 8},
+        train={"max_steps": 3, "eval_untrained": False},
+    )
+    weights = load_file(out / "adapter_model.safetensors")
+    assert weights and all(t.dtype == torch.float32 for t in weights.values())
+    assert len(_losses(out)) == 3
+
+
+def test_reward_model_learns_to_rank_answers(sft_model: Path, tmp_path: Path) -> None:
+    out, info = _run(
+        tmp_path, sft_model, "reward", pairs=2400, train={"max_steps": 150, "lr": 1e-3}
+    )
+    before, after = info["untrained_metrics"], info["metrics"]
+    # A new head on a small model learns slowly (measured: 55% -> 63% of held-out pairs
+    # ranked right, loss 0.69 -> 0.57); the shipped example reaches 90%+ on the quickstart
+    assert after["eval_preference_accuracy"] > before["untrained_preference_accuracy"] + 0.04
+    assert after["eval_loss"] < before["untrained_loss"] - 0.05
+    assert after["eval_accuracy"] == pytest.approx(after["eval_preference_accuracy"], abs=0.05)
+    # The saved model carries its code: it loads without finetune registering anything
+    model = AutoModelForSequenceClassification.from_pretrained(out, trust_remote_code=True)
+    assert type(model).__name__ == "FinetuneDecoderForSequenceClassification"
+    assert model.config.num_labels == 1
+    assert _eval_cli(out)["eval_preference_accuracy"] == pytest.approx(
+        after["eval_preference_accuracy"], abs=1e-6
+    )
+
+
+def test_reward_model_with_lora_trains_and_saves_its_head(sft_model: Path, tmp_path: Path) -> None:
+    out, info = _run(
+        tmp_path,
+        sft_model,
+        "reward",
+        method={"type": "lora", "rank": 8},
+        train={"max_steps": 20, "lr": 3e-3},
+    )
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    assert adapter["task_type"] == "SEQ_CLS"
+    assert any("score" in name for name in load_file(out / "adapter_model.safetensors"))
+    assert _eval_cli(out)["eval_preference_accuracy"] == pytest.approx(
+        info["metrics"]["eval_preference_accuracy"], abs=1e-6
+    )
