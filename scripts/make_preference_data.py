@@ -4,10 +4,11 @@ Each row keeps a quickstart prompt, its right answer as `chosen` and a near miss
 `rejected`: for "after"/"before" questions the question's own number, or the answer with
 its tens or hundreds digit off by one; for "larger"/"smaller" ones the other number, the
 answer's first digit followed by the other number's last two, or the answer off by one in
-its last digit (the last two are the mistakes the quickstart model makes). The held-out pairs come from the held-out quickstart rows, so
-their prompts were never trained on by the quickstart model or by DPO.
+its last digit (the last two are the mistakes the quickstart model makes). The held-out
+pairs come from the held-out quickstart rows, so their prompts were never trained on by
+the quickstart model or by DPO.
 
-    python scripts/make_preference_data.py  # writes finetune/resources/arithmetic/preference_*.jsonl
+    python scripts/make_preference_data.py  # rewrites resources/arithmetic/preference_*
 """
 
 from __future__ import annotations

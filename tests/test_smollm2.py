@@ -96,6 +96,33 @@ def test_smollm2_lora_example_runs(smollm2: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_smollm2_dpo_example_runs(smollm2: Path, tmp_path: Path) -> None:
+    """DPO with LoRA on the real model: the reference is the base with the adapter
+    disabled, and four steps already move the implicit rewards apart."""
+    out = tmp_path / "dpo"
+    pairs = "finetune/resources/arithmetic/preference_eval.jsonl"
+    overrides = [
+        "model.name_or_path=$SMOLLM2_DIR",
+        f"output.dir={out}",
+        f"data.eval=[{{path: {pairs}, format: preference, samples: 16}}]",
+        "train.max_steps=4",
+        "train.warmup_steps=1",
+        "train.lr_scheduler=constant",
+        "logging.steps=1",
+        "logging.report_to=[]",
+    ]
+    args = [a for o in overrides for a in ("--set", o)]
+    result = run_cli(
+        "train", "configs/examples/smollm2-dpo.yaml", *args, timeout=900, SMOLLM2_DIR=str(smollm2)
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["untrained_metrics"]["untrained_rewards/margins"] == 0.0
+    assert info["metrics"]["eval_rewards/margins"] > 0
+    assert (out / "adapter_config.json").is_file() and not (out / "ref").exists()
+
+
+@pytest.mark.slow
 def test_converted_smollm2_generates_like_llama(smollm2: Path, tmp_path: Path) -> None:
     # Equal logits on a full forward are not enough: a dropped cache only shows when generating
     result = run_cli("convert", str(smollm2), "--out", str(tmp_path / "decoder"), "--to", "decoder")

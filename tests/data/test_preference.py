@@ -34,8 +34,8 @@ def smol():
 def test_text_pair_splits_at_the_prompt_and_ends_with_eos(tok) -> None:
     pair = encode_row(TEXT_ROW, FMT, tok)
     assert pair.prompt_ids == ids(tok, TEXT_ROW["prompt"])
-    assert pair.chosen_ids == ids(tok, " paris") + [tok.eos_token_id]
-    assert pair.rejected_ids == ids(tok, " the cat") + [tok.eos_token_id]
+    assert pair.chosen_ids == [*ids(tok, " paris"), tok.eos_token_id]
+    assert pair.rejected_ids == [*ids(tok, " the cat"), tok.eos_token_id]
 
 
 @pytest.mark.parametrize("name", ["tok", "smol"])
