@@ -119,6 +119,12 @@ def test_one_model_source(tmp_path: Path) -> None:
     _assert_user_error(_validate(tmp_path, cfg), "set exactly one of model.name_or_path")
 
 
+def test_lamb_is_refused_for_adapters(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path, method={"type": "lora"})
+    result = _validate(tmp_path, cfg, "train.optimizer=lamb")
+    _assert_user_error(result, "train.optimizer: lamb", "would never train", "use adamw")
+
+
 def test_unknown_architecture(tmp_path: Path) -> None:
     result = _validate(tmp_path, tiny_config(tmp_path), "model.architecture=lama")
     _assert_user_error(result, "unknown architecture 'lama'", "did you mean")

@@ -200,6 +200,20 @@ def test_bitsandbytes_optimizers_train(optimizer: str, checkpoint: Path, tmp_pat
     assert losses[-1] < losses[0] - 0.1, (optimizer, losses)
 
 
+def test_lamb_leaves_a_zero_weight_at_zero() -> None:
+    """Why `lamb` is refused for LoRA (schema): bitsandbytes caps each LAMB step at the
+    weight's norm, so a zero-initialized LoRA B matrix never moves. If a release changes
+    that, this fails and the refusal can go."""
+    import bitsandbytes as bnb
+
+    weight = torch.nn.Parameter(torch.zeros(64, 8))
+    optimizer = bnb.optim.LAMB([weight], lr=0.1)
+    for _ in range(3):
+        weight.grad = torch.randn_like(weight)
+        optimizer.step()
+    assert weight.abs().max() == 0
+
+
 def test_qlora_needs_a_checkpoint(tmp_path: Path) -> None:
     cfg = tiny_config(tmp_path, method={"type": "qlora"})
     result = run_cli("validate", str(write_config(tmp_path / "q.yaml", cfg)))

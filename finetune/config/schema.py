@@ -192,8 +192,8 @@ class TrainConfig(Section):
 
     optimizer: Literal["adamw", "adamw_8bit", "paged_adamw", "paged_adamw_8bit", "lamb"] = "adamw"
     """`adamw` (torch), `adamw_8bit`, `paged_adamw` and `paged_adamw_8bit` (bitsandbytes),
-    `lamb` (bitsandbytes' LAMB). Under ZeRO offload use `adamw`: DeepSpeed swaps it for its
-    CPU Adam; the bitsandbytes optimizers are not offloaded."""
+    `lamb` (bitsandbytes' LAMB; full training only). Under ZeRO offload use `adamw`:
+    DeepSpeed swaps it for its CPU Adam; the bitsandbytes optimizers are not offloaded."""
 
     adam_beta1: float = Field(0.9, gt=0, lt=1)
     adam_beta2: float = Field(0.999, gt=0, lt=1)
@@ -412,6 +412,15 @@ class RunConfig(Section):
             )
         if self.train.merge_adapter and self.method.type == "full":
             raise ValueError("train.merge_adapter: only LoRA and QLoRA runs have an adapter")
+        if self.train.optimizer == "lamb" and self.method.type != "full":
+            # bitsandbytes' LAMB caps each step at the weight's norm: a LoRA B matrix starts
+            # at zero, so it (and through it the whole adapter) would never move
+            raise ValueError(
+                f"train.optimizer: lamb scales each update by the weight's norm, and a "
+                f"{self.method.type} adapter's B matrices start at zero, so the adapter "
+                f"would never train; use adamw (or adamw_8bit) with method.type "
+                f"{self.method.type}"
+            )
         return self
 
     @field_validator("objective", mode="before")

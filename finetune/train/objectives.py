@@ -156,12 +156,12 @@ def build_trainer(
     if objective.type == "dpo":
         from finetune.train.trl_trainers import PreferenceTrainer
 
-        if optimizer_cls_and_kwargs is not None:
-            common["optimizers"] = (None, None)  # DPOTrainer takes no optimizer class
-        from peft import PeftModel
-
-        needs_copy = objective.reference == "model" and not isinstance(model, PeftModel)
-        return PreferenceTrainer(ref_model=reference() if needs_copy else None, **common)
+        # With an adapter the reference is the base with adapters disabled: no copy
+        needs_copy = objective.reference == "model" and cfg.method.type == "full"
+        trainer = PreferenceTrainer(ref_model=reference() if needs_copy else None, **common)
+        # DPOTrainer takes no optimizer class; the Trainer reads it when it builds one
+        trainer.optimizer_cls_and_kwargs = optimizer_cls_and_kwargs
+        return trainer
     if objective.type == "reward":
         from finetune.train.trl_trainers import RewardModelTrainer, WholeSequences
 

@@ -26,19 +26,9 @@ from finetune.data.collator import PaddingCollator
 from finetune.data.formats import BadRow, Encoded, encode_row, prompt_and_answer
 from finetune.data.pipeline import prepare_data
 from finetune.data.tokenizer import DEFAULT_CHAT_TEMPLATE
-from tests.data.helpers import chatml_tokenizer, ids, smol_like_tokenizer, write_jsonl
+from tests.data.helpers import chatml_tokenizer, ids, write_jsonl
 
 IGNORE = -100
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return chatml_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def smol():
-    return smol_like_tokenizer()
 
 
 def labels_of(encoded: Encoded) -> list[int]:

@@ -13,14 +13,9 @@ from finetune.config.data import CompletionFormat, TextFormat
 from finetune.data.formats import encode_row
 from finetune.data.pipeline import cut_long_text, text_budget, truncate
 from tests.conftest import run_cli
-from tests.data.helpers import WORDS, chatml_tokenizer
+from tests.data.helpers import WORDS
 
 MAX_LENGTH = 48
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return chatml_tokenizer()
 
 
 def _words(n: int, seed: int) -> str:

@@ -20,12 +20,7 @@ from finetune.data.cache import EntryWriter, cache_root, load_entry
 from finetune.data.pipeline import mix_counts, prepare_data
 from finetune.data.sources import iter_rows
 from finetune.errors import DataError
-from tests.data.helpers import chatml_tokenizer, write_jsonl
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return chatml_tokenizer()
+from tests.data.helpers import write_jsonl
 
 
 def data_config(tmp_path: Path, train: list[dict], **fields) -> DataConfig:

@@ -12,23 +12,13 @@ from finetune.data.formats import BadRow, EncodedPair, encode_row, prompt_and_an
 from finetune.data.pipeline import prepare_data
 from finetune.data.summary import format_summary
 from finetune.errors import DataError
-from tests.data.helpers import chatml_tokenizer, ids, smol_like_tokenizer, write_jsonl
+from tests.data.helpers import ids, write_jsonl
 
 FMT = PreferenceFormat()
 TEXT_ROW = {"prompt": "what is the capital of france?", "chosen": " paris", "rejected": " the cat"}
 USER = {"role": "user", "content": "what is the capital of france"}
 CHOSEN = {"role": "assistant", "content": "paris"}
 REJECTED = {"role": "assistant", "content": "the big red cat"}
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return chatml_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def smol():
-    return smol_like_tokenizer()
 
 
 def test_text_pair_splits_at_the_prompt_and_ends_with_eos(tok) -> None:
