@@ -145,6 +145,46 @@ def preference_accuracy(
     return {"preference_accuracy": sum(wins) / count, "preference_margin": sum(margins) / count}
 
 
+@torch.no_grad()
+def feedback_log_probs(
+    model: PreTrainedModel, rows: Any, pad_token_id: int, batch_size: int = 16
+) -> dict[str, float]:
+    """The model's mean log-probability of the desirable and of the undesirable answers of
+    held-out feedback rows (`prompt_ids`, `completion_ids`, `label`): KTO raises the first
+    and lowers the second.
+
+    Returns:
+        `desirable_log_prob` and `undesirable_log_prob` (each answer's summed
+        log-probability, averaged over the answers of that label; NaN without any) and
+        `feedback_gap`, their difference.
+    """
+    was_training = model.training
+    model.eval()
+    totals = {True: [], False: []}
+    try:
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
+            scores = _sequence_scores(
+                model, batch["prompt_ids"], batch["completion_ids"], pad_token_id, False
+            )
+            for label, score in zip(batch["label"], scores.tolist(), strict=True):
+                totals[bool(label)].append(score)
+    finally:
+        model.train(was_training)
+    good, bad = (sum(v) / len(v) if v else math.nan for v in (totals[True], totals[False]))
+    return {"desirable_log_prob": good, "undesirable_log_prob": bad, "feedback_gap": good - bad}
+
+
+def held_out_scores(
+    model: PreTrainedModel, rows: Any, pad_token_id: int, batch_size: int
+) -> dict[str, float]:
+    """The model's own scores of held-out preference pairs (`preference_accuracy`) or
+    feedback rows (`feedback_log_probs`), by the rows' columns."""
+    if "chosen_ids" in rows.column_names:
+        return preference_accuracy(model, rows, pad_token_id, batch_size)
+    return feedback_log_probs(model, rows, pad_token_id, batch_size)
+
+
 def _sequence_scores(
     model: PreTrainedModel,
     prompts: list[list[int]],
@@ -284,7 +324,7 @@ def evaluate_model(cfg: RunConfig, model_dir: str | Path) -> dict[str, float]:
     )
     _, eval_set = build_datasets(cfg.data, tokenizer, cfg.train.seed)
     if cfg.objective.type in PREFERENCE_OBJECTIVES:
-        scores = preference_accuracy(
+        scores = held_out_scores(
             model, eval_set, tokenizer.pad_token_id, cfg.train.micro_batch_size
         )
         metrics = {f"eval_{name}": value for name, value in scores.items()}

@@ -8,7 +8,10 @@ its last digit (the last two are the mistakes the quickstart model makes). The h
 pairs come from the held-out quickstart rows, so their prompts were never trained on by
 the quickstart model or by DPO.
 
-    python scripts/make_preference_data.py  # rewrites resources/arithmetic/preference_*
+The feedback rows (KTO's unpaired data) take the same training prompts, each with one
+answer: the right one (label true) or a near miss (label false), half and half at random.
+
+    python scripts/make_preference_data.py  # rewrites resources/arithmetic/{preference,feedback}_*
 """
 
 from __future__ import annotations
@@ -45,6 +48,15 @@ def pairs(rows: list[dict[str, str]], rng: random.Random) -> list[dict[str, str]
     return out
 
 
+def feedback(rows: list[dict[str, str]], rng: random.Random) -> list[dict[str, object]]:
+    out = []
+    for row in rows:
+        good = rng.random() < 0.5
+        answer = row["completion"] if good else near_miss(row, rng)
+        out.append({"prompt": row["prompt"], "completion": answer, "label": good})
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", type=int, default=4000, help="training pairs")
@@ -60,6 +72,11 @@ def main() -> None:
         with path.open("w") as f:
             f.writelines(json.dumps(r) + "\n" for r in pairs(rows, rng))
         print(f"wrote {len(rows)} pairs to {path}")
+    # Its own generator, so the pairs above stay as they were before it existed
+    path = args.out / "feedback_train.jsonl"
+    with path.open("w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in feedback(train, random.Random(args.seed + 1)))
+    print(f"wrote {len(train)} feedback rows to {path}")
 
 
 if __name__ == "__main__":

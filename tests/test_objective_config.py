@@ -85,3 +85,39 @@ def test_reward_objective_takes_the_classification_head(tmp_path: Path) -> None:
 )
 def test_combinations_that_cannot_train(tmp_path: Path, sections: dict, fragment: str) -> None:
     assert fragment in _error(_config(tmp_path, "dpo", **sections))
+
+
+FEEDBACK = {"path": "feedback.jsonl", "format": "feedback"}
+
+
+def test_kto_takes_feedback_or_preference_data(tmp_path: Path) -> None:
+    kto = validate_config(_config(tmp_path, "kto")).objective  # preference pairs
+    assert (kto.beta, kto.loss_type, kto.desirable_weight) == (0.1, "kto", 1.0)
+    feedback = _config(tmp_path, {"type": "kto", "undesirable_weight": 1.3})
+    feedback["data"]["train"] = [FEEDBACK]
+    feedback["data"]["eval"] = [PAIRS]  # held-out pairs score the model's own preference
+    assert validate_config(feedback).objective.undesirable_weight == 1.3
+    # feedback data is KTO's alone, and one run's training sources share one format
+    for objective in ("sft", "dpo"):
+        wrong = _config(tmp_path, objective)
+        wrong["data"]["train"] = [FEEDBACK]
+        assert "feedback" in _error(wrong) and "objective.type" in _error(wrong)
+    mixed = _config(tmp_path, "kto")
+    mixed["data"]["train"] = [FEEDBACK, PAIRS]
+    assert "data.train: the sources mix the formats ['feedback', 'preference']" in _error(mixed)
+    chat = _config(tmp_path, "kto")
+    chat["data"]["train"] = [{"path": "c.jsonl", "format": "chat"}]
+    assert "format: feedback (prompt, completion and label fields)" in _error(chat)
+
+
+def test_kto_options_are_checked(tmp_path: Path) -> None:
+    single = _config(tmp_path, "kto", train={"micro_batch_size": 1})
+    assert "needs 2 or more" in _error(single)
+    apo = {"type": "kto", "loss_type": "apo_zero_unpaired"}
+    assert validate_config(_config(tmp_path, apo, train={"micro_batch_size": 1}))
+    generating = _config(tmp_path, "kto", train={"exact_match_rows": 5})
+    generating["data"]["eval"] = [FEEDBACK]
+    assert "feedback rows have no reference answer" in _error(generating)
+    assert "objective.desirable_weight" in _error(
+        _config(tmp_path, {"type": "kto", "desirable_weight": 0})
+    )

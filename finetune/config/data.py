@@ -210,13 +210,47 @@ class PreferenceFormat(Section):
     """System turn put first in chat prompts that have none."""
 
 
+class FeedbackFormat(Section):
+    """`feedback`: a prompt, one answer and a label saying whether the answer is desirable,
+    for the `kto` objective (unpaired feedback: thumbs up or down, no second answer to
+    compare with). Prompt and answer are plain strings, or chat turns rendered with the
+    tokenizer's chat template as in the preference format (a plain answer to a chat prompt
+    is the assistant's turn). Plain-text answers end with EOS, as completions do."""
+
+    type: Literal["feedback"] = "feedback"
+
+    prompt_field: str = "prompt"
+    """Field holding the prompt (a string or a list of turns)."""
+
+    completion_field: str = "completion"
+    """Field holding the answer (a string or a list of turns starting with the
+    assistant's)."""
+
+    label_field: str = "label"
+    """Field holding the label: true (desirable) or false (undesirable); 1 and 0 are read
+    as true and false."""
+
+    role_field: str = "role"
+    """Key of a chat turn's role."""
+
+    content_field: str = "content"
+    """Key of a chat turn's text."""
+
+    role_names: dict[str, ChatRole] = Field(default_factory=dict)
+    """Map the data's role names to system/user/assistant (see the chat format)."""
+
+    system_prompt: str | None = None
+    """System turn put first in chat prompts that have none."""
+
+
 FormatConfig = Annotated[
     TextFormat
     | CompletionFormat
     | AlpacaFormat
     | ChatFormat
     | ClassificationFormat
-    | PreferenceFormat,
+    | PreferenceFormat
+    | FeedbackFormat,
     Field(discriminator="type"),
 ]
 
@@ -240,8 +274,8 @@ class DatasetConfig(Section):
     """Split of a Hub dataset or dataset directory to read."""
 
     format: FormatConfig = Field(default_factory=TextFormat)
-    """How rows become tokens: `text`, `completion`, `alpaca`, `chat`, `classification`
-    or `preference`, either as a name
+    """How rows become tokens: `text`, `completion`, `alpaca`, `chat`, `classification`,
+    `preference` or `feedback`, either as a name
     (`format: chat`) or as a mapping with `type` and the format's options
     (`format: {type: chat, messages_field: conversations}`)."""
 

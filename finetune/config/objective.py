@@ -104,9 +104,45 @@ class RewardObjective(Section):
     (0.01 is the value its paper recommends); unset: no penalty."""
 
 
+class KtoObjective(Section):
+    """`kto`: Kahneman-Tversky Optimization (TRL's KTOTrainer) on `feedback` data (one
+    answer per prompt, labelled desirable or not) or on `preference` data (each pair read
+    as a desirable and an undesirable answer). Like DPO it compares the model with a
+    reference model, but it needs no pairs."""
+
+    type: Literal["kto"] = "kto"
+
+    beta: float = Field(0.1, gt=0)
+    """How far the model may move from the reference: a higher beta keeps it closer."""
+
+    loss_type: Literal["kto", "apo_zero_unpaired"] = "kto"
+    """`kto` (the KTO paper's loss, which estimates the KL term from mismatched answers in
+    each micro-batch, so it needs `train.micro_batch_size` of 2 or more) or
+    `apo_zero_unpaired` (APO-zero's unpaired loss, no KL term)."""
+
+    desirable_weight: float = Field(1.0, gt=0)
+    """Weight of the desirable answers' loss: raise it when they are the fewer."""
+
+    undesirable_weight: float = Field(1.0, gt=0)
+    """Weight of the undesirable answers' loss. The KTO paper suggests weights such that
+    desirable_weight x desirable answers / (undesirable_weight x undesirable answers) lies
+    between 1 and 4/3."""
+
+    reference: Literal["model", "precomputed"] = "model"
+    """Where the reference log-probabilities come from, as for `dpo`."""
+
+
 ObjectiveConfig = Annotated[
-    SftObjective | DpoObjective | RewardObjective, Field(discriminator="type")
+    SftObjective | DpoObjective | RewardObjective | KtoObjective, Field(discriminator="type")
 ]
 
-PREFERENCE_OBJECTIVES = ("dpo", "reward")
+PREFERENCE_OBJECTIVES = ("dpo", "reward", "kto")
 """Objectives that train on `preference` data (prompt, chosen and rejected answers)."""
+
+OBJECTIVE_FORMATS = {
+    "sft": ("text", "completion", "alpaca", "chat", "classification"),
+    "dpo": ("preference",),
+    "reward": ("preference",),
+    "kto": ("feedback", "preference"),
+}
+"""The data formats each objective trains on."""

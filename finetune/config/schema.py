@@ -17,7 +17,7 @@ from pydantic import Field, field_validator, model_validator
 from finetune.config.base import Section
 from finetune.config.data import DataConfig, TokenizerConfig
 from finetune.config.hub import HubConfig
-from finetune.config.objective import PREFERENCE_OBJECTIVES, ObjectiveConfig, SftObjective
+from finetune.config.objective import OBJECTIVE_FORMATS, ObjectiveConfig, SftObjective
 
 # --------------------------------------------------------------------------------------
 # model
@@ -387,6 +387,12 @@ class OutputConfig(Section):
 # --------------------------------------------------------------------------------------
 
 
+FORMAT_FIELDS = {
+    "preference": "prompt, chosen and rejected fields",
+    "feedback": "prompt, completion and label fields",
+}
+
+
 class RunConfig(Section):
     """A complete fine-tuning run."""
 
@@ -436,20 +442,29 @@ class RunConfig(Section):
             *(("data.train", i, s) for i, s in enumerate(self.data.train)),
             *(("data.eval", i, s) for i, s in enumerate(self.data.eval)),
         ]
-        if kind not in PREFERENCE_OBJECTIVES:
-            for section, i, source in sources:
-                if source.format.type == "preference":
-                    raise ValueError(
-                        f"{section}[{i}] ({source.path}): the preference format trains the "
-                        "dpo and reward objectives; set objective.type to one of them"
-                    )
-            return self
         for section, i, source in sources:
-            if source.format.type != "preference":
+            fmt = source.format.type
+            if fmt in OBJECTIVE_FORMATS[kind]:
+                continue
+            if kind == "sft":
+                trained_by = [k for k, formats in OBJECTIVE_FORMATS.items() if fmt in formats]
                 raise ValueError(
-                    f"objective.type: {kind} trains on preference pairs, but {section}[{i}] "
-                    f"({source.path}) has format {source.format.type!r}; use format: preference "
-                    "(prompt, chosen and rejected fields)"
+                    f"{section}[{i}] ({source.path}): the {fmt} format is the data of "
+                    f"objective.type {' or '.join(trained_by)}; set objective.type to one of them"
+                )
+            raise ValueError(
+                f"objective.type: {kind} trains on {' or '.join(OBJECTIVE_FORMATS[kind])} "
+                f"data, but {section}[{i}] ({source.path}) has format {fmt!r}; use "
+                + " or ".join(f"format: {f} ({FORMAT_FIELDS[f]})" for f in OBJECTIVE_FORMATS[kind])
+            )
+        if kind == "sft":
+            return self
+        for section in ("train", "eval"):
+            formats = {s.format.type for s in getattr(self.data, section)}
+            if len(formats) > 1:
+                raise ValueError(
+                    f"data.{section}: the sources mix the formats {sorted(formats)}; give every "
+                    f"{section} source of a {kind} run the same format"
                 )
         if self.data.packing:
             raise ValueError(
@@ -463,11 +478,24 @@ class RunConfig(Section):
                 "(distributed.zero_stage) instead of distributed.pipeline_stages / "
                 "tensor_parallel"
             )
-        if kind == "dpo" and self.model.task != "causal_lm":
+        if kind in ("dpo", "kto") and self.model.task != "causal_lm":
             raise ValueError(
-                f"objective.type: dpo trains a language model (model.task: causal_lm), "
+                f"objective.type: {kind} trains a language model (model.task: causal_lm), "
                 f"not {self.model.task}"
             )
+        if kind == "kto":
+            if self.objective.loss_type == "kto" and self.train.micro_batch_size < 2:
+                raise ValueError(
+                    "train.micro_batch_size: the kto loss estimates its KL term from the other "
+                    "answers of each micro-batch, so it needs 2 or more (or use "
+                    "objective.loss_type=apo_zero_unpaired)"
+                )
+            held_out = [s.format.type for s in self.data.eval]
+            if self.train.exact_match_rows and held_out[:1] == ["feedback"]:
+                raise ValueError(
+                    "train.exact_match_rows: feedback rows have no reference answer (an "
+                    "undesirable one is not); give preference data as data.eval, or set 0"
+                )
         if kind == "reward":
             if "task" in self.model.model_fields_set and self.model.task != (
                 "sequence_classification"

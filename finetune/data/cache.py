@@ -1,12 +1,13 @@
 """The tokenized-data cache: one directory per key, published atomically.
 
-A cache entry is `<root>/<key>/` holding `data.arrow` (an Arrow stream of samples, memory-
-mapped when read: `input_ids`, `labels` and `length`, or for preference pairs `prompt_ids`,
-`chosen_ids`, `rejected_ids` and `length`) and `meta.json` (the source's row
-statistics). It is written under a temporary name in the same directory and renamed into
-place, so a reader sees a complete entry or none, and two processes that tokenize the same
-source at once both succeed (the second rename loses and its copy is deleted). In a
-multi-process run the runner lets rank 0 go first, so the other ranks only read.
+A cache entry is `<root>/<key>/` holding `data.arrow` (an Arrow stream of samples,
+memory-mapped when read: `input_ids`, `labels` and `length`; for preference pairs
+`prompt_ids`, `chosen_ids`, `rejected_ids` and `length`; for feedback `prompt_ids`,
+`completion_ids`, `label` and `length`) and `meta.json` (the source's row statistics).
+It is written under a temporary name in the same directory and renamed into place, so a
+reader sees a complete entry or none, and two processes that tokenize the same source at
+once both succeed (the second rename loses and its copy is deleted). In a multi-process
+run the runner lets rank 0 go first, so the other ranks only read.
 """
 
 from __future__ import annotations
@@ -50,6 +51,17 @@ PAIR_SCHEMA = pa.schema(
 """A preference pair: the prompt's ids, each answer's ids after it, and the longer of the
 two sequences' length."""
 
+FEEDBACK_SCHEMA = pa.schema(
+    [
+        ("prompt_ids", pa.list_(pa.int32())),
+        ("completion_ids", pa.list_(pa.int32())),
+        ("label", pa.bool_()),
+        ("length", pa.int32()),
+    ]
+)
+"""A feedback row: the prompt's ids, the answer's ids after it, whether the answer is
+desirable, and the sequence's length."""
+
 
 def cache_root(cache_dir: str | None) -> Path:
     """`cache_dir`, else `$FINETUNE_CACHE/data`, else `~/.cache/finetune/data`."""
@@ -82,7 +94,7 @@ class EntryWriter:
         root: the cache root, or None to write to a private temporary directory that is
             removed when the process exits (caching disabled).
         key: the entry's key (ignored without `root`).
-        schema: the columns of a row, `SCHEMA` or `PAIR_SCHEMA`.
+        schema: the columns of a row, `SCHEMA`, `PAIR_SCHEMA` or `FEEDBACK_SCHEMA`.
     """
 
     def __init__(
@@ -110,6 +122,11 @@ class EntryWriter:
         """Append one preference pair (`PAIR_SCHEMA`)."""
         length = len(prompt) + max(len(chosen), len(rejected))
         self._append(prompt_ids=prompt, chosen_ids=chosen, rejected_ids=rejected, length=length)
+
+    def add_feedback(self, prompt: list[int], completion: list[int], label: bool) -> None:
+        """Append one feedback row (`FEEDBACK_SCHEMA`)."""
+        length = len(prompt) + len(completion)
+        self._append(prompt_ids=prompt, completion_ids=completion, label=label, length=length)
 
     def _append(self, **row: Any) -> None:
         for name, value in row.items():

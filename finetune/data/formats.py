@@ -25,6 +25,7 @@ from finetune.config.data import (
     ClassificationFormat,
     CompletionFormat,
     DatasetConfig,
+    FeedbackFormat,
     FormatConfig,
     PreferenceFormat,
     TextFormat,
@@ -59,11 +60,21 @@ class EncodedPair:
     rejected_ids: list[int]
 
 
+@dataclass
+class EncodedFeedback:
+    """A tokenized feedback row: the prompt, the answer after it, and whether the answer
+    is desirable."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    label: bool
+
+
 def encode_row(
     row: Any, fmt: FormatConfig, tokenizer: PreTrainedTokenizerBase
-) -> Encoded | EncodedPair:
+) -> Encoded | EncodedPair | EncodedFeedback:
     """Tokenize one row of format `fmt`, marking the tokens that carry loss (a preference
-    row: splitting it into prompt and answers).
+    or feedback row: splitting it into prompt and answers).
 
     Raises:
         BadRow: the row does not fit the format (missing field, wrong type, empty text,
@@ -396,6 +407,7 @@ def _chat_text(row: dict[str, Any], fmt: ChatFormat) -> str:
 # --------------------------------------------------------------------------------------
 
 Turns = list[dict[str, str]]
+AnswerFormat = PreferenceFormat | FeedbackFormat
 
 
 def preference_parts(row: dict[str, Any], fmt: PreferenceFormat) -> tuple[Any, Any, Any]:
@@ -442,20 +454,25 @@ def preference_parts(row: dict[str, Any], fmt: PreferenceFormat) -> tuple[Any, A
     if chosen == rejected:
         raise BadRow("chosen and rejected are the same answer")
     if isinstance(prompt, list):
-        if fmt.system_prompt is not None and (not prompt or prompt[0]["role"] != "system"):
-            prompt.insert(0, {"role": "system", "content": fmt.system_prompt})
-        _check_dialogue(prompt, chosen, fmt)
-        _check_dialogue(prompt, rejected, fmt)
+        _add_system_prompt(prompt, fmt.system_prompt)
+        fields = f"{fmt.chosen_field!r} and {fmt.rejected_field!r}"
+        _check_dialogue(prompt, chosen, fields)
+        _check_dialogue(prompt, rejected, fields)
     return prompt, chosen, rejected
 
 
-def _answer(row: dict[str, Any], name: str, option: str, fmt: PreferenceFormat) -> Any:
+def _add_system_prompt(prompt: Turns, system_prompt: str | None) -> None:
+    if system_prompt is not None and (not prompt or prompt[0]["role"] != "system"):
+        prompt.insert(0, {"role": "system", "content": system_prompt})
+
+
+def _answer(row: dict[str, Any], name: str, option: str, fmt: AnswerFormat) -> Any:
     if isinstance(row.get(name), list):
         return _turns(row[name], name, fmt)
     return _field(row, name, option)
 
 
-def _turns(turns: list[Any], name: str, fmt: PreferenceFormat) -> Turns:
+def _turns(turns: list[Any], name: str, fmt: AnswerFormat) -> Turns:
     if not turns:
         raise BadRow(f"field {name!r} is an empty list of turns")
     try:
@@ -464,11 +481,11 @@ def _turns(turns: list[Any], name: str, fmt: PreferenceFormat) -> Turns:
         raise BadRow(f"field {name!r}: {err}") from None
 
 
-def _check_dialogue(prompt: Turns, answer: Turns, fmt: PreferenceFormat) -> None:
+def _check_dialogue(prompt: Turns, answer: Turns, fields: str) -> None:
     if not answer or answer[0]["role"] != "assistant":
         raise BadRow(
             "an answer must start with an assistant turn (after the prompt's turns); "
-            f"check the roles of {fmt.chosen_field!r} and {fmt.rejected_field!r}"
+            f"check the roles of {fields}"
         )
     if not any(turn["role"] == "user" for turn in prompt):
         raise BadRow("the prompt has no user turn")
@@ -483,6 +500,13 @@ def _encode_preference(
     row: dict[str, Any], fmt: PreferenceFormat, tok: PreTrainedTokenizerBase
 ) -> EncodedPair:
     prompt, chosen, rejected = preference_parts(row, fmt)
+    return split_pair(*_encode_answers(prompt, [chosen, rejected], tok))
+
+
+def _encode_answers(
+    prompt: str | Turns, answers: list[Any], tok: PreTrainedTokenizerBase
+) -> tuple[list[int], list[Encoded]]:
+    """The prompt's ids, and each answer encoded as the whole sequence after the prompt."""
     if isinstance(prompt, list):
         if tok.chat_template is None:
             raise BadRow(
@@ -490,19 +514,16 @@ def _encode_preference(
                 "tokenizer with one, or give prompt and answers as plain text"
             )
         prompt_ids = _template_ids(tok, prompt, add_generation_prompt=True)
-        pair = [encode_messages(prompt + answer, tok) for answer in (chosen, rejected)]
-    else:
-        pair = [
-            encode_segments([(prompt, False), (answer, True)], tok) for answer in (chosen, rejected)
-        ]
-        # A token that merges across the prompt/answer boundary carries loss, so it
-        # belongs to the answer: the prompt ends before either answer's first such token.
-        prompt_ids = min(
-            (e.input_ids[: e.trainable.index(True)] for e in pair if True in e.trainable),
-            key=len,
-            default=[],
-        )
-    return split_pair(prompt_ids, *pair)
+        return prompt_ids, [encode_messages(prompt + answer, tok) for answer in answers]
+    encoded = [encode_segments([(prompt, False), (answer, True)], tok) for answer in answers]
+    # A token that merges across the prompt/answer boundary carries loss, so it belongs to
+    # the answer: the prompt ends before any answer's first such token.
+    prompt_ids = min(
+        (e.input_ids[: e.trainable.index(True)] for e in encoded if True in e.trainable),
+        key=len,
+        default=[],
+    )
+    return prompt_ids, encoded
 
 
 def _template_ids(tok: PreTrainedTokenizerBase, messages: Turns, **options: Any) -> list[int]:
@@ -515,8 +536,17 @@ def _template_ids(tok: PreTrainedTokenizerBase, messages: Turns, **options: Any)
     return list(out["input_ids"])
 
 
-def split_pair(prompt_ids: list[int], chosen: Encoded, rejected: Encoded) -> EncodedPair:
-    """The shared prompt and the two answers of two encoded sequences.
+def split_pair(prompt_ids: list[int], pair: list[Encoded]) -> EncodedPair:
+    """The shared prompt and the two answers of two encoded sequences (chosen, rejected),
+    as `split_answers` splits them."""
+    prompt, (chosen, rejected) = split_answers(prompt_ids, pair)
+    return EncodedPair(prompt, chosen, rejected)
+
+
+def split_answers(
+    prompt_ids: list[int], encoded: list[Encoded]
+) -> tuple[list[int], list[list[int]]]:
+    """The shared prompt and the answers of encoded sequences that share it.
 
     The answers start where the sequences stop agreeing with `prompt_ids` (and with each
     other); they end at their last trainable token, so a chat template's text after the
@@ -525,23 +555,16 @@ def split_pair(prompt_ids: list[int], chosen: Encoded, rejected: Encoded) -> Enc
     Raises:
         BadRow: an answer holds no token of its own.
     """
-    start = min(
-        _common_prefix(prompt_ids, chosen.input_ids),
-        _common_prefix(prompt_ids, rejected.input_ids),
-        _common_prefix(chosen.input_ids, rejected.input_ids),
-    )
-    ends = [
-        len(e.trainable) - e.trainable[::-1].index(True) if True in e.trainable else 0
-        for e in (chosen, rejected)
-    ]
-    pair = EncodedPair(
-        chosen.input_ids[:start],
-        chosen.input_ids[start : ends[0]],
-        rejected.input_ids[start : ends[1]],
-    )
-    if not pair.chosen_ids or not pair.rejected_ids:
+    first = encoded[0].input_ids
+    start = min(_common_prefix(prompt_ids, e.input_ids) for e in encoded)
+    start = min([start, *(_common_prefix(first, e.input_ids) for e in encoded[1:])])
+    answers = []
+    for e in encoded:
+        end = len(e.trainable) - e.trainable[::-1].index(True) if True in e.trainable else 0
+        answers.append(e.input_ids[start:end])
+    if not all(answers):
         raise BadRow("an answer tokenizes to nothing after the prompt")
-    return pair
+    return first[:start], answers
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -560,7 +583,78 @@ def _preference_text(row: dict[str, Any], fmt: PreferenceFormat) -> str:
     )
 
 
-Encoder = Callable[[dict[str, Any], Any, PreTrainedTokenizerBase], Encoded | EncodedPair]
+# --------------------------------------------------------------------------------------
+# feedback: a prompt, one answer and whether it is desirable
+# --------------------------------------------------------------------------------------
+
+LABEL_WORDS = {"true": True, "false": False}
+
+
+def feedback_parts(row: dict[str, Any], fmt: FeedbackFormat) -> tuple[Any, Any, bool]:
+    """The row's prompt and answer (two strings, or two lists of checked chat turns) and
+    its label.
+
+    Raises:
+        BadRow: a missing or empty field, a prompt string with an answer in turns, an
+            answer that is not an assistant turn, or a label that is not true or false.
+    """
+    completion = _answer(row, fmt.completion_field, "completion_field", fmt)
+    label = _feedback_label(row, fmt)
+    if isinstance(row.get(fmt.prompt_field), list):
+        prompt = _turns(row[fmt.prompt_field], fmt.prompt_field, fmt)
+        if isinstance(completion, str):  # a plain answer to a chat prompt
+            completion = [{"role": "assistant", "content": completion}]
+        _add_system_prompt(prompt, fmt.system_prompt)
+        _check_dialogue(prompt, completion, repr(fmt.completion_field))
+        return prompt, completion, label
+    prompt = _field(row, fmt.prompt_field, "prompt_field")
+    if isinstance(completion, list):
+        raise BadRow(
+            f"field {fmt.prompt_field!r} is a string but {fmt.completion_field!r} is a list "
+            "of turns; give the prompt as turns too"
+        )
+    return prompt, completion, label
+
+
+def _feedback_label(row: dict[str, Any], fmt: FeedbackFormat) -> bool:
+    if fmt.label_field not in row:
+        keys = ", ".join(map(str, row)) or "none"
+        raise BadRow(
+            f"missing field {fmt.label_field!r} (fields: {keys}); set format.label_field if "
+            "it differs"
+        )
+    value = row[fmt.label_field]
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in LABEL_WORDS:
+        return LABEL_WORDS[value.strip().lower()]
+    raise BadRow(
+        f"label_field {fmt.label_field!r} is {value!r}; expected true (a desirable answer) "
+        "or false (an undesirable one)"
+    )
+
+
+def _encode_feedback(
+    row: dict[str, Any], fmt: FeedbackFormat, tok: PreTrainedTokenizerBase
+) -> EncodedFeedback:
+    prompt, completion, label = feedback_parts(row, fmt)
+    prompt_ids, (answer,) = split_answers(*_encode_answers(prompt, [completion], tok))
+    return EncodedFeedback(prompt_ids, answer, label)
+
+
+def _feedback_text(row: dict[str, Any], fmt: FeedbackFormat) -> str:
+    prompt, completion, _ = feedback_parts(row, fmt)
+    return "\n".join(
+        part if isinstance(part, str) else "\n".join(t["content"] for t in part)
+        for part in (prompt, completion)
+    )
+
+
+Encoder = Callable[
+    [dict[str, Any], Any, PreTrainedTokenizerBase], Encoded | EncodedPair | EncodedFeedback
+]
 
 
 def _encode_classification(
@@ -591,6 +685,7 @@ ENCODERS: dict[str, Encoder] = {
     "chat": _encode_chat,
     "classification": _encode_classification,
     "preference": _encode_preference,
+    "feedback": _encode_feedback,
 }
 
 TEXTS: dict[str, Callable[[dict[str, Any], Any], str]] = {
@@ -600,4 +695,5 @@ TEXTS: dict[str, Callable[[dict[str, Any], Any], str]] = {
     "chat": _chat_text,
     "classification": _classification_text,
     "preference": _preference_text,
+    "feedback": _feedback_text,
 }

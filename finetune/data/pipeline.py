@@ -14,12 +14,29 @@ from typing import TYPE_CHECKING, Any
 
 import datasets
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from transformers import PreTrainedTokenizerBase
 
 from finetune.config.data import DataConfig, DatasetConfig
-from finetune.data.cache import PAIR_SCHEMA, SCHEMA, EntryWriter, cache_key, cache_root, load_entry
+from finetune.data.cache import (
+    FEEDBACK_SCHEMA,
+    PAIR_SCHEMA,
+    SCHEMA,
+    EntryWriter,
+    cache_key,
+    cache_root,
+    load_entry,
+)
 from finetune.data.collator import IGNORE_INDEX
-from finetune.data.formats import BadRow, Encoded, EncodedPair, encode_row, keep_side
+from finetune.data.formats import (
+    BadRow,
+    Encoded,
+    EncodedFeedback,
+    EncodedPair,
+    encode_row,
+    keep_side,
+)
 from finetune.data.packing import PackedDataset
 from finetune.data.sources import iter_rows, source_fingerprint
 from finetune.data.tokenizer import build_tokenizer, ensure_chat_template, tokenizer_fingerprint
@@ -218,7 +235,7 @@ def _tokenize_source(
             stats = SourceStats(**meta["stats"])
             return _Tokenized(source, dataset, _report(name, source, stats, cached=True))
     logger.info("%s (%s): tokenizing", name, source.path)
-    schema = PAIR_SCHEMA if source.format.type == "preference" else SCHEMA
+    schema = SCHEMAS.get(source.format.type, SCHEMA)
     writer = EntryWriter(root if content is not None else None, key, schema=schema)
     try:
         stats = _encode_rows(source, cfg, tokenizer, writer)
@@ -227,6 +244,10 @@ def _tokenize_source(
         writer.abort()
         raise
     return _Tokenized(source, dataset, _report(name, source, stats, cached=False))
+
+
+SCHEMAS = {"preference": PAIR_SCHEMA, "feedback": FEEDBACK_SCHEMA}
+"""The cached columns of formats whose rows are not samples (`SCHEMA`)."""
 
 
 def _report(name: str, source: DatasetConfig, stats: SourceStats, cached: bool) -> SourceReport:
@@ -254,6 +275,9 @@ def _encode_rows(
             continue
         if isinstance(encoded, EncodedPair):
             _add_pair(encoded, cfg, writer, stats)
+            continue
+        if isinstance(encoded, EncodedFeedback):
+            _add_feedback(encoded, cfg, writer, stats)
             continue
         truncated = len(encoded.input_ids) > cfg.max_length
         if truncated:
@@ -296,22 +320,75 @@ def _add_pair(pair: EncodedPair, cfg: DataConfig, writer: EntryWriter, stats: So
     stats.trainable_tokens += answers
 
 
-def truncate_pair(pair: EncodedPair, max_length: int, side: str) -> EncodedPair:
-    """Cut both sequences of `pair` (prompt + answer) to `max_length` tokens. `right` keeps
-    the start: the answers lose their ends (an answer left empty drops the row). `left`
-    keeps the end: the prompt loses its start, as far as the longer answer needs, and an
-    answer longer than `max_length` alone keeps its last tokens."""
-    if side == "right":
-        room = max(max_length - len(pair.prompt_ids), 0)
-        return EncodedPair(
-            pair.prompt_ids[:max_length], pair.chosen_ids[:room], pair.rejected_ids[:room]
+def _add_feedback(
+    row: EncodedFeedback, cfg: DataConfig, writer: EntryWriter, stats: SourceStats
+) -> None:
+    """Truncate a feedback row as a sample is truncated, count it, and write it."""
+    truncated = len(row.prompt_ids) + len(row.completion_ids) > cfg.max_length
+    prompt, completion = row.prompt_ids, row.completion_ids
+    if truncated:
+        prompt, (completion,) = truncate_answers(
+            prompt, [completion], cfg.max_length, cfg.truncation
         )
-    room = max(max_length - max(len(pair.chosen_ids), len(pair.rejected_ids)), 0)
-    return EncodedPair(
-        pair.prompt_ids[len(pair.prompt_ids) - room :],
-        pair.chosen_ids[-max_length:],
-        pair.rejected_ids[-max_length:],
+    if not completion:
+        stats.no_trainable += 1
+        return
+    writer.add_feedback(prompt, completion, row.label)
+    stats.kept += 1
+    stats.truncated += truncated
+    stats.tokens += len(prompt) + len(completion)
+    stats.trainable_tokens += len(completion)
+
+
+def truncate_pair(pair: EncodedPair, max_length: int, side: str) -> EncodedPair:
+    """Cut both sequences of `pair` (prompt + answer) to `max_length` tokens, as
+    `truncate_answers` does."""
+    prompt, (chosen, rejected) = truncate_answers(
+        pair.prompt_ids, [pair.chosen_ids, pair.rejected_ids], max_length, side
     )
+    return EncodedPair(prompt, chosen, rejected)
+
+
+def truncate_answers(
+    prompt: list[int], answers: list[list[int]], max_length: int, side: str
+) -> tuple[list[int], list[list[int]]]:
+    """Cut every sequence `prompt + answer` to `max_length` tokens. `right` keeps the
+    start: the answers lose their ends (an answer left empty drops the row). `left` keeps
+    the end: the prompt loses its start, as far as the longest answer needs, and an answer
+    longer than `max_length` alone keeps its last tokens."""
+    if side == "right":
+        room = max(max_length - len(prompt), 0)
+        return prompt[:max_length], [answer[:room] for answer in answers]
+    room = max(max_length - max(map(len, answers)), 0)
+    return prompt[len(prompt) - room :], [answer[-max_length:] for answer in answers]
+
+
+def unpaired(rows: datasets.Dataset | None, seed: int) -> datasets.Dataset | None:
+    """Feedback rows from preference pairs: each pair's chosen answer as a desirable one
+    and its rejected answer as an undesirable one, in a seeded random order (the two
+    answers of a pair then rarely share a micro-batch, where KTO's KL term would pair one
+    with its own prompt). Feedback rows (or None) are returned as they are."""
+    if rows is None or "chosen_ids" not in rows.column_names:
+        return rows
+    table = rows.with_format("arrow")[:]
+    halves = []
+    for column, label in (("chosen_ids", True), ("rejected_ids", False)):
+        answers = table[column]
+        lengths = pc.add(pc.list_value_length(table["prompt_ids"]), pc.list_value_length(answers))
+        halves.append(
+            pa.table(
+                {
+                    "prompt_ids": table["prompt_ids"],
+                    "completion_ids": answers,
+                    "label": pa.array([label] * len(table)),
+                    "length": pc.cast(lengths, pa.int32()),
+                },
+                schema=FEEDBACK_SCHEMA,
+            )
+        )
+    merged = datasets.Dataset(pa.concat_tables(halves))
+    order = np.random.default_rng(seed).permutation(len(merged))
+    return merged.select(order)
 
 
 def text_budget(tokenizer: PreTrainedTokenizerBase, max_length: int) -> int:

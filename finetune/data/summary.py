@@ -59,6 +59,15 @@ def _token_line(name: str, samples: datasets.Dataset) -> str:
             f"in answers ({100 * trainable / max(tokens, 1):.1f}%), mean longer sequence "
             f"{pc.mean(table['length']).as_py() or 0:.1f}"
         )
+    if "completion_ids" in table.column_names:  # feedback: the answer carries the loss
+        trainable = pc.sum(pc.list_value_length(table["completion_ids"])).as_py() or 0
+        tokens = pc.sum(table["length"]).as_py() or 0
+        desirable = pc.sum(table["label"]).as_py() or 0
+        return (
+            f"{name}: {len(table)} answers ({desirable} desirable), {tokens} tokens, "
+            f"{trainable} in answers ({100 * trainable / max(tokens, 1):.1f}%), mean length "
+            f"{tokens / max(len(table), 1):.1f}"
+        )
     labels = table["labels"]
     carry = pc.sum(pc.not_equal(pc.list_flatten(labels), -100)).as_py() or 0
     # A sample's first label is never predicted (nothing comes before it).

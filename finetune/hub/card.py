@@ -197,6 +197,13 @@ def _objective_text(objective: Any) -> str:
             f"{'log-probs precomputed' if objective.reference == 'precomputed' else 'model'}, "
             "on preference pairs"
         )
+    if objective.type == "kto":
+        return (
+            f"KTO (TRL's KTOTrainer), loss {objective.loss_type}, beta {objective.beta:g}, "
+            f"desirable / undesirable weights {objective.desirable_weight:g} / "
+            f"{objective.undesirable_weight:g}, reference "
+            f"{'log-probs precomputed' if objective.reference == 'precomputed' else 'model'}"
+        )
     if objective.type == "reward":
         return "reward model (TRL's RewardTrainer, pairwise loss) on preference pairs"
     return "supervised fine-tuning (the loss of the model's own head)"

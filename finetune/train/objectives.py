@@ -6,7 +6,8 @@ layer's samples and the metrics its evaluation adds. `objective: sft` (the defau
 the model's head (`model.task`): next-token prediction, masked tokens, seq2seq targets and
 class labels, all through transformers' `Trainer` (`GuardedTrainer`), each with its own
 collator (`TASK_OBJECTIVES`). The others are TRL's trainers on the data layer's tokenized
-preference pairs: `dpo` (`DPOTrainer`) and `reward` (`RewardTrainer`). The setup around them
+preference pairs and feedback: `dpo` (`DPOTrainer`), `reward` (`RewardTrainer`) and `kto`
+(`KTOTrainer`). The setup around them
 (`finetune.train.runner.prepare_run`) is the same for all.
 
 The engine is chosen apart from the objective: a pipeline-parallel run replaces the
@@ -108,6 +109,21 @@ def arguments_class(cfg: RunConfig) -> tuple[type[TrainingArguments], dict[str, 
             "max_length": None,
             "disable_dropout": False,  # method.dropout (and the model's) mean what they say
         }
+    if objective.type == "kto":
+        from trl import KTOConfig
+
+        return KTOConfig, {
+            "beta": objective.beta,
+            "loss_type": objective.loss_type,
+            "desirable_weight": objective.desirable_weight,
+            "undesirable_weight": objective.undesirable_weight,
+            "precompute_ref_log_probs": objective.reference == "precomputed",
+            "max_length": None,  # truncated by the data layer
+            "disable_dropout": False,
+            # The KL term pairs each answer with its micro-batch neighbours' prompts, fixed
+            # when the data is prepared; the data layer shuffled the rows once already
+            "train_sampling_strategy": "sequential",
+        }
     if objective.type == "reward":
         from trl import RewardConfig
 
@@ -160,6 +176,17 @@ def build_trainer(
         needs_copy = objective.reference == "model" and cfg.method.type == "full"
         trainer = PreferenceTrainer(ref_model=reference() if needs_copy else None, **common)
         # DPOTrainer takes no optimizer class; the Trainer reads it when it builds one
+        trainer.optimizer_cls_and_kwargs = optimizer_cls_and_kwargs
+        return trainer
+    if objective.type == "kto":
+        from finetune.data.pipeline import unpaired
+        from finetune.train.trl_trainers import FeedbackTrainer
+
+        # Preference pairs become a desirable and an undesirable answer each
+        common["train_dataset"] = unpaired(train_dataset, cfg.train.seed)
+        common["eval_dataset"] = unpaired(eval_dataset, cfg.train.seed + 1)
+        needs_copy = objective.reference == "model" and cfg.method.type == "full"
+        trainer = FeedbackTrainer(ref_model=reference() if needs_copy else None, **common)
         trainer.optimizer_cls_and_kwargs = optimizer_cls_and_kwargs
         return trainer
     if objective.type == "reward":

@@ -14,10 +14,19 @@ ROWS = (
     ("preference margin", "eval_preference_margin", "untrained_preference_margin", "{:.3f}"),
     ("reward accuracy", "eval_rewards/accuracies", "untrained_rewards/accuracies", "{:.1%}"),
     ("reward margin", "eval_rewards/margins", "untrained_rewards/margins", "{:.3f}"),
+    ("desirable log-prob", "eval_desirable_log_prob", "untrained_desirable_log_prob", "{:.3f}"),
+    (
+        "undesirable log-prob",
+        "eval_undesirable_log_prob",
+        "untrained_undesirable_log_prob",
+        "{:.3f}",
+    ),
 )
-"""(row name, trained metric, untrained metric, format). `reward *` are DPO's implicit
-rewards (relative to the reference model, so 0 before training); `preference *` is the
-model's own preference on held-out pairs (finetune.evaluate.preference_accuracy)."""
+"""(row name, trained metric, untrained metric, format). `reward *` are DPO's and KTO's
+implicit rewards (relative to the reference model, so 0 before training); `preference *`
+is the model's own preference on held-out pairs (finetune.evaluate.preference_accuracy);
+`*desirable log-prob` its log-probabilities of held-out feedback answers
+(finetune.evaluate.feedback_log_probs)."""
 
 
 def format_report(summary: dict[str, Any]) -> str:

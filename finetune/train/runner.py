@@ -36,7 +36,7 @@ from finetune.distributed.launch import (
 from finetune.distributed.watchdog import watchdog_callbacks
 from finetune.distributed.zero import gathered_parameters
 from finetune.errors import Interrupted, StorageError, TrainingDiverged, disk_full
-from finetune.evaluate import exact_match, preference_accuracy, prompt_answer_pairs
+from finetune.evaluate import exact_match, held_out_scores, prompt_answer_pairs
 from finetune.hub import check_hub, hub_callbacks, push_trained
 from finetune.layout import BASE_MODEL, CHECKPOINTS, MERGED, METRICS, RUN_CONFIG, RUN_INFO
 from finetune.methods import apply_method, load_base_model, trainable_parameters
@@ -76,6 +76,9 @@ class PreparedRun:
     untrained_metrics: dict[str, float] = field(default_factory=dict)
     sources_tokenized: int = 0
     """Data sources this rank tokenized itself (the others came from the cache)."""
+    held_out: Any | None = None
+    """The evaluation rows as the data layer made them (preference pairs or feedback),
+    which a preference objective's own scores read (`_preference`)."""
 
 
 def train(
@@ -184,6 +187,7 @@ def prepare_run(
         parameters=(trainable, total),
         exact_match_pairs=pairs,
         sources_tokenized=sum(not source.cached for source in data.sources),
+        held_out=data.eval,
     )
 
 
@@ -357,12 +361,13 @@ def _exact_match(run: PreparedRun, key: str) -> dict[str, float]:
 
 
 def _preference(run: PreparedRun, prefix: str) -> dict[str, float]:
-    """The model's own preference on held-out pairs (preference objectives only)."""
-    if run.cfg.objective.type not in PREFERENCE_OBJECTIVES:
+    """The model's own preference on held-out pairs, or its log-probabilities of held-out
+    desirable and undesirable answers (preference objectives only)."""
+    if run.cfg.objective.type not in PREFERENCE_OBJECTIVES or run.held_out is None:
         return {}
-    scores = preference_accuracy(
+    scores = held_out_scores(
         run.trainer.model,
-        run.trainer.eval_dataset,
+        run.held_out,
         run.tokenizer.pad_token_id,
         run.cfg.train.micro_batch_size,
     )

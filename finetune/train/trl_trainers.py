@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from trl import DPOTrainer, RewardTrainer
+from trl import DPOTrainer, KTOTrainer, RewardTrainer
 from trl.trainer.reward_trainer import DataCollatorForPreference
 
 from finetune.train.divergence import Guarded
@@ -34,16 +34,14 @@ class NamedEvalMetrics:
         super().log(logs, start_time)
 
 
-class PreferenceTrainer(NamedEvalMetrics, Guarded, DPOTrainer):
-    """TRL's DPOTrainer on pairs the data layer tokenized, truncated and checked.
-
-    Two of TRL's choices are undone once it is built, both about models the project sets
-    up: the copy of a new LoRA adapter that TRL keeps as the reference ("ref") is dropped,
+class ProjectModel:
+    """Mixed into TRL's trainers that compare with a reference model (DPO, KTO): two of
+    their choices are undone once they are built, both about models the project sets up.
+    The copy of a new LoRA adapter that TRL keeps as the reference ("ref") is dropped,
     since a new adapter is zero and the base model with adapters disabled is the same
     reference at no cost (the output then holds one adapter); and the adapter weights of a
     quantized model get back the dtype they had (TRL casts them to bfloat16, which a CPU
-    without native bf16 runs about 100x slower than `method.compute_dtype`).
-    """
+    without native bf16 runs about 100x slower than `method.compute_dtype`)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         model = kwargs["model"]
@@ -55,8 +53,31 @@ class PreferenceTrainer(NamedEvalMetrics, Guarded, DPOTrainer):
             if name in dtypes and param.dtype != dtypes[name]:
                 param.data = param.data.to(dtypes[name])
 
+
+class PreferenceTrainer(NamedEvalMetrics, Guarded, ProjectModel, DPOTrainer):
+    """TRL's DPOTrainer on pairs the data layer tokenized, truncated and checked."""
+
     def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, name: str) -> Any:
         return dataset  # already prompt_ids / chosen_ids / rejected_ids (finetune.data)
+
+
+class FeedbackTrainer(NamedEvalMetrics, Guarded, ProjectModel, KTOTrainer):
+    """TRL's KTOTrainer on feedback rows the data layer tokenized, truncated and checked
+    (`finetune.data.pipeline.unpaired` turns preference pairs into them)."""
+
+    def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, name: str) -> Any:
+        if not self.calculate_KL:
+            return dataset
+        # KTO's KL term scores each answer after the prompt of its neighbour in the
+        # micro-batch: within each block of `per_device_train_batch_size` rows (as TRL
+        # builds it), the answers rotate by one
+        size = args.per_device_train_batch_size
+
+        def rotate(rows: dict[str, list[Any]]) -> dict[str, list[Any]]:
+            answers = rows["completion_ids"]
+            return {"KL_completion_ids": answers[-1:] + answers[:-1]}
+
+        return dataset.map(rotate, batched=True, batch_size=size, desc=f"KL answers ({name})")
 
 
 class RewardModelTrainer(NamedEvalMetrics, Guarded, RewardTrainer):

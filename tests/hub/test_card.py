@@ -263,3 +263,21 @@ def test_no_pillow_no_png(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     files = sorted(p.name for p in staged(out, tmp_path).iterdir())
     assert "loss_curve.png" not in files and "README.md" in files
     assert "loss_curve.png" not in (tmp_path / "staging" / "README.md").read_text()
+
+
+def test_card_names_the_kto_objective(tmp_path: Path) -> None:
+    out = output_dir(
+        tmp_path,
+        objective={"type": "kto", "beta": 0.5, "undesirable_weight": 1.3},
+        data={"train": [{"path": "/data/feedback.jsonl", "format": "feedback"}]},
+    )
+    info = json.loads((out / "run_info.json").read_text())
+    info["objective"] = "kto"
+    (out / "run_info.json").write_text(json.dumps(info))
+    card = ModelCard(model_card(read_run(out), HUB, "alice/model", has_curve=False))
+    assert card.data.tags[:4] == ["finetune", "full", "trl", "kto"]
+    assert (
+        "| objective | KTO (TRL's KTOTrainer), loss kto, beta 0.5, desirable / undesirable "
+        "weights 1 / 1.3, reference model |"
+    ) in card.text
+    assert "| training data | `feedback.jsonl` |" in card.text
