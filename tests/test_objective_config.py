@@ -121,3 +121,19 @@ def test_kto_options_are_checked(tmp_path: Path) -> None:
     assert "objective.desirable_weight" in _error(
         _config(tmp_path, {"type": "kto", "desirable_weight": 0})
     )
+
+
+def test_reference_free_objectives(tmp_path: Path) -> None:
+    simpo = validate_config(_config(tmp_path, "simpo")).objective
+    assert (simpo.beta, simpo.simpo_gamma, simpo.cpo_alpha) == (2.0, 0.5, 0.0)
+    cpo = validate_config(_config(tmp_path, {"type": "cpo", "loss_type": "ipo"})).objective
+    assert (cpo.loss_type, cpo.cpo_alpha) == ("ipo", 1.0)
+    assert "objective.simpo_gamma: unknown field (type 'orpo')" in _error(
+        _config(tmp_path, {"type": "orpo", "simpo_gamma": 1.0})
+    )
+    assert "orpo trains a language model" in _error(
+        _config(tmp_path, "orpo", model={"task": "seq2seq"})
+    )
+    text = tiny_config(tmp_path)
+    text["objective"] = "simpo"
+    assert "use format: preference" in _error(text)

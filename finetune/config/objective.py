@@ -132,11 +132,72 @@ class KtoObjective(Section):
     """Where the reference log-probabilities come from, as for `dpo`."""
 
 
+class CpoObjective(Section):
+    """`cpo`: Contrastive Preference Optimization (TRL's experimental CPOTrainer) on
+    `preference` data: a DPO-style loss on the model's own log-probabilities, with no
+    reference model, plus the chosen answers' negative log-likelihood (`cpo_alpha`)."""
+
+    type: Literal["cpo"] = "cpo"
+
+    beta: float = Field(0.1, gt=0)
+    """Scale of the log-probability difference inside the loss (`ipo`: its tau)."""
+
+    loss_type: Literal["sigmoid", "hinge", "ipo"] = "sigmoid"
+    """The preference loss: `sigmoid` (DPO's, the CPO paper's), `hinge` (SLiC) or `ipo`."""
+
+    cpo_alpha: float = Field(1.0, ge=0)
+    """Weight of the chosen answers' negative log-likelihood."""
+
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5)
+    """Probability that a preference label is flipped (`sigmoid` only)."""
+
+
+class SimpoObjective(Section):
+    """`simpo`: SimPO (TRL's experimental CPOTrainer with its `simpo` loss) on `preference`
+    data: no reference model; each answer's reward is its length-normalised
+    log-probability, and the chosen one must lead by a margin."""
+
+    type: Literal["simpo"] = "simpo"
+
+    beta: float = Field(2.0, gt=0)
+    """Scale of the length-normalised rewards (the SimPO paper uses 2.0 to 2.5)."""
+
+    simpo_gamma: float = Field(0.5, ge=0)
+    """The reward margin the chosen answer must lead by."""
+
+    cpo_alpha: float = Field(0.0, ge=0)
+    """Weight of a negative log-likelihood term on the chosen answers (0: plain SimPO;
+    above 0: CPO-SimPO)."""
+
+
+class OrpoObjective(Section):
+    """`orpo`: Odds Ratio Preference Optimization (TRL's experimental ORPOTrainer) on
+    `preference` data: supervised fine-tuning on the chosen answers plus a penalty on the
+    odds of the rejected ones, with no reference model, so it can start from a base model
+    that was never fine-tuned."""
+
+    type: Literal["orpo"] = "orpo"
+
+    beta: float = Field(0.1, gt=0)
+    """Weight of the odds-ratio term beside the chosen answers' loss (the paper's lambda)."""
+
+
 ObjectiveConfig = Annotated[
-    SftObjective | DpoObjective | RewardObjective | KtoObjective, Field(discriminator="type")
+    SftObjective
+    | DpoObjective
+    | KtoObjective
+    | CpoObjective
+    | SimpoObjective
+    | OrpoObjective
+    | RewardObjective,
+    Field(discriminator="type"),
 ]
 
-PREFERENCE_OBJECTIVES = ("dpo", "reward", "kto")
+REFERENCE_FREE = ("cpo", "simpo", "orpo")
+"""Preference objectives that compare the model with no reference model (TRL's
+experimental CPOTrainer and ORPOTrainer)."""
+
+PREFERENCE_OBJECTIVES = ("dpo", "reward", "kto", *REFERENCE_FREE)
 """Objectives that train on `preference` data (prompt, chosen and rejected answers)."""
 
 OBJECTIVE_FORMATS = {
@@ -144,5 +205,6 @@ OBJECTIVE_FORMATS = {
     "dpo": ("preference",),
     "reward": ("preference",),
     "kto": ("feedback", "preference"),
+    **{kind: ("preference",) for kind in REFERENCE_FREE},
 }
 """The data formats each objective trains on."""

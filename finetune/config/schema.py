@@ -478,7 +478,7 @@ class RunConfig(Section):
                 "(distributed.zero_stage) instead of distributed.pipeline_stages / "
                 "tensor_parallel"
             )
-        if kind in ("dpo", "kto") and self.model.task != "causal_lm":
+        if kind != "reward" and self.model.task != "causal_lm":
             raise ValueError(
                 f"objective.type: {kind} trains a language model (model.task: causal_lm), "
                 f"not {self.model.task}"

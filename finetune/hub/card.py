@@ -204,6 +204,22 @@ def _objective_text(objective: Any) -> str:
             f"{objective.undesirable_weight:g}, reference "
             f"{'log-probs precomputed' if objective.reference == 'precomputed' else 'model'}"
         )
+    if objective.type == "cpo":
+        return (
+            f"CPO (TRL's CPOTrainer), loss {objective.loss_type}, beta {objective.beta:g}, "
+            f"NLL weight {objective.cpo_alpha:g}, no reference model, on preference pairs"
+        )
+    if objective.type == "simpo":
+        return (
+            f"SimPO (TRL's CPOTrainer), beta {objective.beta:g}, margin "
+            f"{objective.simpo_gamma:g}, NLL weight {objective.cpo_alpha:g}, no reference "
+            "model, on preference pairs"
+        )
+    if objective.type == "orpo":
+        return (
+            f"ORPO (TRL's ORPOTrainer), odds-ratio weight {objective.beta:g}, no reference "
+            "model, on preference pairs"
+        )
     if objective.type == "reward":
         return "reward model (TRL's RewardTrainer, pairwise loss) on preference pairs"
     return "supervised fine-tuning (the loss of the model's own head)"

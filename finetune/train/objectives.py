@@ -6,8 +6,9 @@ layer's samples and the metrics its evaluation adds. `objective: sft` (the defau
 the model's head (`model.task`): next-token prediction, masked tokens, seq2seq targets and
 class labels, all through transformers' `Trainer` (`GuardedTrainer`), each with its own
 collator (`TASK_OBJECTIVES`). The others are TRL's trainers on the data layer's tokenized
-preference pairs and feedback: `dpo` (`DPOTrainer`), `reward` (`RewardTrainer`) and `kto`
-(`KTOTrainer`). The setup around them
+preference pairs and feedback: `dpo` (`DPOTrainer`), `kto` (`KTOTrainer`), `reward`
+(`RewardTrainer`), and the reference-free `cpo` and `simpo` (`CPOTrainer`) and `orpo`
+(`ORPOTrainer`) from `trl.experimental`. The setup around them
 (`finetune.train.runner.prepare_run`) is the same for all.
 
 The engine is chosen apart from the objective: a pipeline-parallel run replaces the
@@ -17,6 +18,7 @@ the same interface (next-token prediction only: the config refuses the others).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -31,6 +33,7 @@ from transformers import (
 )
 
 from finetune.config.data import DataConfig
+from finetune.config.objective import REFERENCE_FREE
 from finetune.data.collator import (
     ClassificationCollator,
     MaskedLMCollator,
@@ -124,6 +127,31 @@ def arguments_class(cfg: RunConfig) -> tuple[type[TrainingArguments], dict[str, 
             # when the data is prepared; the data layer shuffled the rows once already
             "train_sampling_strategy": "sequential",
         }
+    if objective.type in REFERENCE_FREE:
+        # TRL warns that trl.experimental may change: the project pins trl's minor
+        # version and its tests run these trainers
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    if objective.type in ("cpo", "simpo"):
+        from trl.experimental.cpo import CPOConfig
+
+        simpo = objective.type == "simpo"
+        return CPOConfig, {
+            "beta": objective.beta,
+            "loss_type": "simpo" if simpo else objective.loss_type,
+            "cpo_alpha": objective.cpo_alpha,
+            "simpo_gamma": objective.simpo_gamma if simpo else 0.5,
+            "label_smoothing": 0.0 if simpo else objective.label_smoothing,
+            "max_length": cfg.data.max_length,  # the data layer truncated the pairs to it
+            "disable_dropout": False,
+        }
+    if objective.type == "orpo":
+        from trl.experimental.orpo import ORPOConfig
+
+        return ORPOConfig, {
+            "beta": objective.beta,
+            "max_length": cfg.data.max_length,
+            "disable_dropout": False,
+        }
     if objective.type == "reward":
         from trl import RewardConfig
 
@@ -187,6 +215,17 @@ def build_trainer(
         common["eval_dataset"] = unpaired(eval_dataset, cfg.train.seed + 1)
         needs_copy = objective.reference == "model" and cfg.method.type == "full"
         trainer = FeedbackTrainer(ref_model=reference() if needs_copy else None, **common)
+        trainer.optimizer_cls_and_kwargs = optimizer_cls_and_kwargs
+        return trainer
+    if objective.type in REFERENCE_FREE:
+        from finetune.train import trl_trainers
+
+        trainer_class = (
+            trl_trainers.OddsRatioTrainer
+            if objective.type == "orpo"
+            else trl_trainers.ContrastiveTrainer
+        )
+        trainer = trainer_class(**common)
         trainer.optimizer_cls_and_kwargs = optimizer_cls_and_kwargs
         return trainer
     if objective.type == "reward":

@@ -7,8 +7,11 @@ from __future__ import annotations
 from typing import Any
 
 from trl import DPOTrainer, KTOTrainer, RewardTrainer
+from trl.experimental.cpo import CPOTrainer
+from trl.experimental.orpo import ORPOTrainer
 from trl.trainer.reward_trainer import DataCollatorForPreference
 
+from finetune.data.collator import IGNORE_INDEX
 from finetune.train.divergence import Guarded
 
 
@@ -78,6 +81,49 @@ class FeedbackTrainer(NamedEvalMetrics, Guarded, ProjectModel, KTOTrainer):
             return {"KL_completion_ids": answers[-1:] + answers[:-1]}
 
         return dataset.map(rotate, batched=True, batch_size=size, desc=f"KL answers ({name})")
+
+
+class PretokenizedPairs:
+    """Mixed into TRL's experimental pair trainers (CPO, ORPO), which tokenize text rows as
+    they are built: each of the data layer's pairs becomes the columns their collator
+    reads instead (prompt, and prompt + answer with the answer's labels), and their
+    evaluation metrics (`eval_` whatever the evaluation) get the prefix `evaluate` was
+    called with."""
+
+    _prefix = "eval"
+
+    def tokenize_row(self, feature: dict[str, Any], model: Any = None) -> dict[str, Any]:
+        prompt = feature["prompt_ids"]
+        row = {"prompt_input_ids": prompt, "prompt_attention_mask": [1] * len(prompt)}
+        for side in ("chosen", "rejected"):
+            answer = feature[f"{side}_ids"]
+            row[f"{side}_input_ids"] = prompt + answer
+            row[f"{side}_attention_mask"] = [1] * (len(prompt) + len(answer))
+            row[f"{side}_labels"] = [IGNORE_INDEX] * len(prompt) + answer
+        return row
+
+    def evaluate(self, *args: Any, metric_key_prefix: str = "eval", **kwargs: Any) -> Any:
+        self._prefix = metric_key_prefix
+        try:
+            return super().evaluate(*args, metric_key_prefix=metric_key_prefix, **kwargs)
+        finally:
+            self._prefix = "eval"
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        stored = self._stored_metrics.get("eval")
+        if self._prefix != "eval" and stored:
+            renamed = {f"{self._prefix}_{k.removeprefix('eval_')}": v for k, v in stored.items()}
+            stored.clear()
+            stored.update(renamed)
+        super().log(logs, start_time)
+
+
+class ContrastiveTrainer(PretokenizedPairs, Guarded, CPOTrainer):
+    """TRL's experimental CPOTrainer (CPO and SimPO) on the data layer's pairs."""
+
+
+class OddsRatioTrainer(PretokenizedPairs, Guarded, ORPOTrainer):
+    """TRL's experimental ORPOTrainer on the data layer's pairs."""
 
 
 class RewardModelTrainer(NamedEvalMetrics, Guarded, RewardTrainer):

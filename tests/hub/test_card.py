@@ -281,3 +281,22 @@ def test_card_names_the_kto_objective(tmp_path: Path) -> None:
         "weights 1 / 1.3, reference model |"
     ) in card.text
     assert "| training data | `feedback.jsonl` |" in card.text
+
+
+@pytest.mark.parametrize(
+    ("objective", "row"),
+    [
+        ({"type": "simpo"}, "SimPO (TRL's CPOTrainer), beta 2, margin 0.5, NLL weight 0"),
+        ({"type": "cpo", "loss_type": "hinge"}, "CPO (TRL's CPOTrainer), loss hinge, beta 0.1"),
+        ({"type": "orpo", "beta": 0.2}, "ORPO (TRL's ORPOTrainer), odds-ratio weight 0.2"),
+    ],
+)
+def test_card_names_the_reference_free_objectives(tmp_path: Path, objective, row: str) -> None:
+    out = output_dir(
+        tmp_path,
+        objective=objective,
+        data={"train": [{"path": "/data/pairs.jsonl", "format": "preference"}]},
+    )
+    card = ModelCard(model_card(read_run(out), HUB, "alice/model", has_curve=False))
+    assert f"| objective | {row}" in card.text
+    assert objective["type"] in card.data.tags
