@@ -311,7 +311,8 @@ def generate_text(
 
 def evaluate_model(cfg: RunConfig, model_dir: str | Path) -> dict[str, float]:
     """Loss and perplexity (for a preference objective: how often the model prefers the
-    chosen answer) of a saved model on the run's evaluation data, and exact match when
+    chosen answer of held-out pairs, or its log-probabilities of held-out feedback
+    answers) of a saved model on the run's evaluation data, and exact match when
     configured.
 
     Raises:

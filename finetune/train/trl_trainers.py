@@ -15,10 +15,10 @@ from finetune.data.collator import IGNORE_INDEX
 from finetune.train.divergence import Guarded
 
 
-class NamedEvalMetrics:
-    """Mixed into TRL's trainers: their own evaluation metrics (rewards/accuracies, ...)
-    get the prefix `evaluate` was called with (TRL writes `eval_` whatever it is), so an
-    evaluation before training reports `untrained_*` throughout."""
+class EvaluationPrefix:
+    """Remembers the prefix `evaluate` was called with while it runs (`_prefix`), for a
+    `log` that names TRL's own evaluation metrics with it: TRL writes `eval_` whatever the
+    prefix, and an evaluation before training reports `untrained_*` throughout."""
 
     _prefix = "eval"
 
@@ -28,6 +28,11 @@ class NamedEvalMetrics:
             return super().evaluate(*args, metric_key_prefix=metric_key_prefix, **kwargs)
         finally:
             self._prefix = "eval"
+
+
+class NamedEvalMetrics(EvaluationPrefix):
+    """Mixed into TRL's trainers that collect metrics per mode (`_metrics`): their
+    evaluation metrics (rewards/accuracies, ...) get the prefix of the evaluation."""
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         collected = self._metrics["eval"]  # TRL's running lists, emptied by each log
@@ -83,14 +88,11 @@ class FeedbackTrainer(NamedEvalMetrics, Guarded, ProjectModel, KTOTrainer):
         return dataset.map(rotate, batched=True, batch_size=size, desc=f"KL answers ({name})")
 
 
-class PretokenizedPairs:
+class PretokenizedPairs(EvaluationPrefix):
     """Mixed into TRL's experimental pair trainers (CPO, ORPO), which tokenize text rows as
     they are built: each of the data layer's pairs becomes the columns their collator
     reads instead (prompt, and prompt + answer with the answer's labels), and their
-    evaluation metrics (`eval_` whatever the evaluation) get the prefix `evaluate` was
-    called with."""
-
-    _prefix = "eval"
+    evaluation metrics (`_stored_metrics`) get the prefix of the evaluation."""
 
     def tokenize_row(self, feature: dict[str, Any], model: Any = None) -> dict[str, Any]:
         prompt = feature["prompt_ids"]
@@ -101,13 +103,6 @@ class PretokenizedPairs:
             row[f"{side}_attention_mask"] = [1] * (len(prompt) + len(answer))
             row[f"{side}_labels"] = [IGNORE_INDEX] * len(prompt) + answer
         return row
-
-    def evaluate(self, *args: Any, metric_key_prefix: str = "eval", **kwargs: Any) -> Any:
-        self._prefix = metric_key_prefix
-        try:
-            return super().evaluate(*args, metric_key_prefix=metric_key_prefix, **kwargs)
-        finally:
-            self._prefix = "eval"
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         stored = self._stored_metrics.get("eval")
