@@ -197,35 +197,21 @@ def build_trainer(
         "callbacks": callbacks,
     }
     objective = cfg.objective
-    if objective.type == "dpo":
-        from finetune.train.trl_trainers import PreferenceTrainer
+    if objective.type in ("dpo", "kto", *REFERENCE_FREE):
+        from finetune.train.trl_trainers import PAIR_TRAINERS
 
-        # With an adapter the reference is the base with adapters disabled: no copy
-        needs_copy = objective.reference == "model" and cfg.method.type == "full"
-        trainer = PreferenceTrainer(ref_model=reference() if needs_copy else None, **common)
-        # DPOTrainer takes no optimizer class; the Trainer reads it when it builds one
-        trainer.optimizer_cls_and_kwargs = optimizer_cls_and_kwargs
-        return trainer
-    if objective.type == "kto":
-        from finetune.data.pipeline import unpaired
-        from finetune.train.trl_trainers import FeedbackTrainer
+        if objective.type == "kto":
+            from finetune.data.pipeline import unpaired
 
-        # Preference pairs become a desirable and an undesirable answer each
-        common["train_dataset"] = unpaired(train_dataset, cfg.train.seed)
-        common["eval_dataset"] = unpaired(eval_dataset, cfg.train.seed + 1)
-        needs_copy = objective.reference == "model" and cfg.method.type == "full"
-        trainer = FeedbackTrainer(ref_model=reference() if needs_copy else None, **common)
-        trainer.optimizer_cls_and_kwargs = optimizer_cls_and_kwargs
-        return trainer
-    if objective.type in REFERENCE_FREE:
-        from finetune.train import trl_trainers
-
-        trainer_class = (
-            trl_trainers.OddsRatioTrainer
-            if objective.type == "orpo"
-            else trl_trainers.ContrastiveTrainer
-        )
-        trainer = trainer_class(**common)
+            # Preference pairs become a desirable and an undesirable answer each
+            common["train_dataset"] = unpaired(train_dataset, cfg.train.seed)
+            common["eval_dataset"] = unpaired(eval_dataset, cfg.train.seed + 1)
+        if objective.type in ("dpo", "kto"):
+            # With an adapter the reference is the base with adapters disabled: no copy
+            needs_copy = objective.reference == "model" and cfg.method.type == "full"
+            common["ref_model"] = reference() if needs_copy else None
+        trainer = PAIR_TRAINERS[objective.type](**common)
+        # These trainers take no optimizer class; the Trainer reads it when it builds one
         trainer.optimizer_cls_and_kwargs = optimizer_cls_and_kwargs
         return trainer
     if objective.type == "reward":

@@ -121,6 +121,16 @@ class OddsRatioTrainer(PretokenizedPairs, Guarded, ORPOTrainer):
     """TRL's experimental ORPOTrainer on the data layer's pairs."""
 
 
+PAIR_TRAINERS: dict[str, type] = {
+    "dpo": PreferenceTrainer,
+    "kto": FeedbackTrainer,
+    "cpo": ContrastiveTrainer,
+    "simpo": ContrastiveTrainer,
+    "orpo": OddsRatioTrainer,
+}
+"""The trainer of each objective that reads the data layer's pairs (or feedback rows)."""
+
+
 class RewardModelTrainer(NamedEvalMetrics, Guarded, RewardTrainer):
     """TRL's RewardTrainer; it takes the data layer's chosen_ids / rejected_ids as they are."""
 
