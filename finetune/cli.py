@@ -276,7 +276,8 @@ def convert(src_dir: str, out: str, to: str | None) -> None:
 @user_errors
 def eval_command(target: str, overrides: tuple[str, ...], model_dir: str | None) -> None:
     """Loss and perplexity of a trained model on a run's evaluation data (with a preference
-    objective: how often it prefers the chosen answer), and exact match when configured.
+    objective: how often it prefers the chosen answer; with grpo or rloo: exact match
+    only), and exact match when configured.
 
     TARGET is a run config, or a run's output directory (its run_config.yaml is used).
     """

@@ -23,9 +23,9 @@ from transformers import (
 
 import finetune.models  # noqa: F401  (registers the project's architectures)
 from finetune.config.data import DatasetConfig
-from finetune.config.objective import PREFERENCE_OBJECTIVES
+from finetune.config.objective import ONLINE_OBJECTIVES, PREFERENCE_OBJECTIVES
 from finetune.config.schema import RunConfig
-from finetune.data.formats import prompt_and_answer
+from finetune.data.formats import BadRow, prompt_and_answer, prompt_parts
 from finetune.data.pipeline import build_datasets
 from finetune.data.sources import InvalidRow, iter_rows
 from finetune.errors import ConfigError, FinetuneError
@@ -43,16 +43,20 @@ PEFT_AUTO_CLASSES = {
 
 
 def prompt_answer_pairs(
-    source: DatasetConfig, tokenizer: PreTrainedTokenizerBase, limit: int
+    source: DatasetConfig, tokenizer: PreTrainedTokenizerBase, limit: int, answer_field: str | None
 ) -> list[tuple[str, str]]:
     """The first `limit` (prompt, reference answer) pairs of a completion, alpaca, chat or
-    preference source (whose chosen answer is the reference); the prompt is what the model
-    sees at generation time.
+    preference source (whose chosen answer is the reference), or of a prompt source whose
+    rows hold the reference in `answer_field`; the prompt is what the model sees at
+    generation time.
 
     Raises:
-        ConfigError: the source's format has no answers to check (`text`).
+        ConfigError: the source's format has no answers to check (`text`, `feedback`, or
+            `prompt` without `answer_field`).
     """
     fmt = source.format
+    if fmt.type == "prompt" and answer_field is not None:
+        return _prompt_rows_pairs(source, tokenizer, limit, answer_field)
     if fmt.type not in ("completion", "alpaca", "chat", "preference"):
         raise ConfigError(
             f"train.exact_match_rows: evaluation source {source.path} has format "
@@ -64,6 +68,37 @@ def prompt_answer_pairs(
         if not isinstance(row, InvalidRow):
             pairs.append(prompt_and_answer(row, fmt, tokenizer))
     return pairs
+
+
+def _prompt_rows_pairs(
+    source: DatasetConfig, tokenizer: PreTrainedTokenizerBase, limit: int, answer_field: str
+) -> list[tuple[str, str]]:
+    pairs = []
+    for where, row in islice(iter_rows(source), limit):
+        if isinstance(row, InvalidRow) or not isinstance(row, dict):
+            continue
+        try:
+            prompt, fields = prompt_parts(row, source.format)
+        except BadRow:
+            continue  # the data build reports it
+        if fields.get(answer_field) is None:
+            raise ConfigError(
+                f"train.exact_match_rows: {where}: no reference answer in field "
+                f"{answer_field!r} (the exact_match reward's column)"
+            )
+        if not isinstance(prompt, str):
+            prompt = tokenizer.apply_chat_template(
+                prompt, add_generation_prompt=True, tokenize=False
+            )
+        pairs.append((prompt, str(fields[answer_field])))
+    return pairs
+
+
+def reference_field(cfg: RunConfig) -> str | None:
+    """The field of prompt rows holding reference answers: the first exact_match reward's
+    column (None for objectives without rewards, or without such a reward)."""
+    rewards = getattr(cfg.objective, "rewards", [])
+    return next((r.column for r in rewards if r.type == "exact_match"), None)
 
 
 @torch.no_grad()
@@ -329,10 +364,20 @@ def evaluate_model(cfg: RunConfig, model_dir: str | Path) -> dict[str, float]:
             model, eval_set, tokenizer.pad_token_id, cfg.train.micro_batch_size
         )
         metrics = {f"eval_{name}": value for name, value in scores.items()}
+    elif cfg.objective.type in ONLINE_OBJECTIVES:
+        if not cfg.train.exact_match_rows:
+            raise ConfigError(
+                f"train.exact_match_rows: a {cfg.objective.type} model's held-out figure is "
+                "its exact match on the prompt rows; set it (e.g. --set "
+                "train.exact_match_rows=200)"
+            )
+        metrics = {}
     else:
         metrics = _loss_metrics(cfg, model, tokenizer, eval_set)
     if cfg.train.exact_match_rows:
-        pairs = prompt_answer_pairs(cfg.data.eval[0], tokenizer, cfg.train.exact_match_rows)
+        pairs = prompt_answer_pairs(
+            cfg.data.eval[0], tokenizer, cfg.train.exact_match_rows, reference_field(cfg)
+        )
         metrics["exact_match"] = exact_match(
             model, tokenizer, pairs, cfg.train.exact_match_max_new_tokens
         )

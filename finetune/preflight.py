@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from finetune.config.objective import ONLINE_OBJECTIVES
 from finetune.config.schema import RunConfig
 from finetune.distributed.checks import check_distributed
 from finetune.errors import PreflightError
@@ -88,6 +89,10 @@ def preflight(cfg: RunConfig) -> None:
         require_module("bitsandbytes", "method.type=qlora", "quantization")
     if cfg.objective.type != "sft":
         require_module("trl", f"objective.type={cfg.objective.type}", "trl")
+    if cfg.objective.type in ONLINE_OBJECTIVES:
+        from finetune.train.rewards import reward_functions
+
+        reward_functions(cfg.objective.rewards)  # a user function that cannot be imported
     if cfg.train.optimizer != "adamw":
         require_module("bitsandbytes", f"train.optimizer={cfg.train.optimizer}", "quantization")
     check_distributed(cfg)  # layout (data x tensor x pipeline), feature combinations

@@ -137,3 +137,67 @@ def test_reference_free_objectives(tmp_path: Path) -> None:
     text = tiny_config(tmp_path)
     text["objective"] = "simpo"
     assert "use format: preference" in _error(text)
+
+
+PROMPTS = {"path": "prompts.jsonl", "format": "prompt"}
+EXACT = {"type": "exact_match", "column": "answer"}
+
+
+def _online(tmp_path: Path, objective, **sections) -> dict:
+    cfg = _config(tmp_path, objective, **sections)
+    cfg["data"]["train"] = [PROMPTS]
+    return cfg
+
+
+def test_grpo_and_rloo_take_prompts_and_rewards(tmp_path: Path) -> None:
+    grpo = validate_config(_online(tmp_path, {"type": "grpo", "rewards": [EXACT]})).objective
+    assert (grpo.num_generations, grpo.loss_type, grpo.beta) == (4, "dapo", 0.0)
+    assert grpo.rewards[0].column == "answer" and grpo.rewards[0].weight == 1.0
+    rloo = {"type": "rloo", "rewards": [{"type": "length", "max_tokens": 8}]}
+    assert validate_config(_online(tmp_path, rloo)).objective.rewards[0].penalty == 0.1
+    assert "grpo needs at least one reward function" in _error(_online(tmp_path, "grpo"))
+    assert "objective.loss_type: unknown field (type 'rloo')" in _error(
+        _online(tmp_path, {"type": "rloo", "rewards": [EXACT], "loss_type": "grpo"})
+    )
+    wrong = _config(tmp_path, {"type": "grpo", "rewards": [EXACT]})  # preference pairs
+    assert "format: prompt (a prompt field, and the fields the rewards read)" in _error(wrong)
+    sft = _online(tmp_path, "sft")
+    assert "the prompt format is the data of objective.type grpo or rloo" in _error(sft)
+
+
+@pytest.mark.parametrize(
+    ("reward", "fragment"),
+    [
+        ({"type": "function", "function": "rewards.py"}, "is not module:function"),
+        ({"type": "regex", "pattern": "(unclosed"}, "not a valid regular expression"),
+        ({"type": "exact_match", "extract": r"\d+"}, "needs a group around the answer"),
+        ({"type": "length"}, "objective.rewards[0].max_tokens"),
+        ({"type": "bleu"}, "objective.rewards[0]"),
+    ],
+)
+def test_reward_options_are_checked(tmp_path: Path, reward: dict, fragment: str) -> None:
+    assert fragment in _error(_online(tmp_path, {"type": "grpo", "rewards": [reward]}))
+
+
+def test_grpo_batches_hold_whole_groups(tmp_path: Path) -> None:
+    odd = _online(tmp_path, {"type": "grpo", "rewards": [EXACT], "num_generations": 3})
+    assert "(8) is not a multiple of 3" in _error(odd)
+    accumulated = _online(
+        tmp_path,
+        {"type": "grpo", "rewards": [EXACT], "num_generations": 16},
+        train={"gradient_accumulation_steps": 2},
+    )
+    assert validate_config(accumulated).objective.num_generations == 16
+    accumulated["data"]["eval"] = [PROMPTS]  # evaluation samples a group per micro-batch
+    assert "evaluation samples whole groups" in _error(accumulated)
+
+
+def test_grpo_reference_and_exact_match_need_their_sources(tmp_path: Path) -> None:
+    kl = _online(tmp_path, {"type": "grpo", "rewards": [EXACT], "beta": 0.04})
+    assert "reference model is loaded from model.name_or_path" in _error(kl)
+    kl["method"] = {"type": "lora"}  # the base with the adapter disabled
+    assert validate_config(kl).objective.beta == 0.04
+    regex = {"type": "grpo", "rewards": [{"type": "regex", "pattern": "x"}]}
+    generating = _online(tmp_path, regex, train={"exact_match_rows": 5})
+    generating["data"]["eval"] = [PROMPTS]
+    assert "are the column of an exact_match reward" in _error(generating)

@@ -243,6 +243,31 @@ class FeedbackFormat(Section):
     """System turn put first in chat prompts that have none."""
 
 
+class PromptFormat(Section):
+    """`prompt`: prompts alone, for the `grpo` and `rloo` objectives, which sample their
+    answers while training. The prompt is a plain string, or a list of chat turns rendered
+    with the tokenizer's chat template and its generation prompt. Every other field of a
+    row is passed to the reward functions (e.g. the reference answer of an `exact_match`
+    reward)."""
+
+    type: Literal["prompt"] = "prompt"
+
+    prompt_field: str = "prompt"
+    """Field holding the prompt (a string or a list of turns)."""
+
+    role_field: str = "role"
+    """Key of a chat turn's role."""
+
+    content_field: str = "content"
+    """Key of a chat turn's text."""
+
+    role_names: dict[str, ChatRole] = Field(default_factory=dict)
+    """Map the data's role names to system/user/assistant (see the chat format)."""
+
+    system_prompt: str | None = None
+    """System turn put first in chat prompts that have none."""
+
+
 FormatConfig = Annotated[
     TextFormat
     | CompletionFormat
@@ -250,7 +275,8 @@ FormatConfig = Annotated[
     | ChatFormat
     | ClassificationFormat
     | PreferenceFormat
-    | FeedbackFormat,
+    | FeedbackFormat
+    | PromptFormat,
     Field(discriminator="type"),
 ]
 
@@ -275,7 +301,7 @@ class DatasetConfig(Section):
 
     format: FormatConfig = Field(default_factory=TextFormat)
     """How rows become tokens: `text`, `completion`, `alpaca`, `chat`, `classification`,
-    `preference` or `feedback`, either as a name
+    `preference`, `feedback` or `prompt`, either as a name
     (`format: chat`) or as a mapping with `type` and the format's options
     (`format: {type: chat, messages_field: conversations}`)."""
 

@@ -7,6 +7,7 @@ beyond `sft` are TRL's trainers; their options keep TRL's names and meanings.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -182,6 +183,191 @@ class OrpoObjective(Section):
     """Weight of the odds-ratio term beside the chosen answers' loss (the paper's lambda)."""
 
 
+# --------------------------------------------------------------------------------------
+# online objectives: the model writes answers to prompts and learns from their rewards
+# --------------------------------------------------------------------------------------
+
+FUNCTION_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class ExactMatchReward(Section):
+    """`exact_match`: 1.0 when the completion's final answer equals the reference answer in
+    a column of the prompt rows, else 0.0 (both stripped of surrounding whitespace)."""
+
+    type: Literal["exact_match"] = "exact_match"
+
+    column: str = "answer"
+    """Field of the prompt rows holding the reference answer."""
+
+    extract: str | None = None
+    """A regular expression whose first group is the final answer within the completion
+    (its last match counts), e.g. `"####\\s*(\\S+)"`; unset: the whole completion. A
+    completion without a match gets 0.0."""
+
+    weight: float = 1.0
+    """This reward's weight in the sum of the rewards."""
+
+    @field_validator("extract")
+    @classmethod
+    def _one_group(cls, value: str | None) -> str | None:
+        if value is not None and _compiled(value).groups < 1:
+            raise ValueError("needs a group around the answer, e.g. '####\\s*(\\S+)'")
+        return value
+
+
+class RegexReward(Section):
+    """`regex`: 1.0 when the completion matches a regular expression (a format reward),
+    else 0.0."""
+
+    type: Literal["regex"] = "regex"
+
+    pattern: str
+    """The regular expression."""
+
+    match: Literal["full", "search"] = "full"
+    """`full`: the whole completion (stripped) must match; `search`: a match anywhere."""
+
+    weight: float = 1.0
+    """This reward's weight in the sum of the rewards."""
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        _compiled(value)
+        return value
+
+
+class LengthReward(Section):
+    """`length`: a length penalty, 0.0 for a completion of up to `max_tokens` tokens and
+    `-penalty` for each token beyond."""
+
+    type: Literal["length"] = "length"
+
+    max_tokens: int = Field(ge=1)
+    """Completions up to this many tokens go unpenalised."""
+
+    penalty: float = Field(0.1, gt=0)
+    """Reward lost per token beyond `max_tokens`."""
+
+    weight: float = 1.0
+    """This reward's weight in the sum of the rewards."""
+
+
+class FunctionReward(Section):
+    """`function`: a reward function of your own, given as `module:function` (the module
+    must be importable: installed, or on PYTHONPATH, or next to where the run starts). It
+    is called as TRL calls reward functions, with keyword arguments: `prompts` (the prompts
+    as the data gives them: strings, or lists of chat turns), `completions` (strings, or
+    one assistant turn each for chat prompts), `completion_ids`, every other field of the
+    prompt rows (one value per completion), and `trainer_state`; it returns one float per
+    completion (None: no reward from this function for that completion)."""
+
+    type: Literal["function"] = "function"
+
+    function: str
+    """`module:function`, e.g. `my_rewards:brevity`."""
+
+    weight: float = 1.0
+    """This reward's weight in the sum of the rewards."""
+
+    @field_validator("function")
+    @classmethod
+    def _module_and_name(cls, value: str) -> str:
+        if not FUNCTION_PATH.match(value):
+            raise ValueError(
+                f"{value!r} is not module:function (e.g. my_rewards:brevity, or "
+                "package.module:score)"
+            )
+        return value
+
+
+RewardConfig = Annotated[
+    ExactMatchReward | RegexReward | LengthReward | FunctionReward,
+    Field(discriminator="type"),
+]
+
+
+def _compiled(pattern: str) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern)
+    except re.error as err:
+        raise ValueError(f"not a valid regular expression: {err}") from None
+
+
+class OnlineObjective(Section):
+    """What GRPO and RLOO share: each prompt gets a group of sampled completions, scored
+    by the reward functions; a completion is reinforced by how far its reward stands above
+    the others' of its group."""
+
+    rewards: list[RewardConfig] = Field(default_factory=list)
+    """The reward functions, summed with their weights: `exact_match`, `regex`, `length`
+    and `function` (your own, as module:function). At least one."""
+
+    num_generations: int = Field(4, ge=2)
+    """Completions sampled per prompt (the group). `train.micro_batch_size` x
+    `train.gradient_accumulation_steps` must be a multiple of it."""
+
+    max_completion_length: int = Field(32, ge=1)
+    """Longest completion sampled, in tokens."""
+
+    temperature: float = Field(1.0, gt=0)
+    """Sampling temperature of the completions."""
+
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling: sample from the smallest set of tokens whose probability reaches
+    it (1.0: every token)."""
+
+    top_k: int = Field(0, ge=0)
+    """Sample from the k likeliest tokens only (0: no limit)."""
+
+    beta: float = Field(0.0, ge=0)
+    """Weight of the KL penalty that keeps the model near the reference (the model as
+    training starts: with LoRA and QLoRA the base with the adapter disabled, with full
+    training a copy loaded from model.name_or_path). 0: no penalty and no reference."""
+
+    num_iterations: int = Field(1, ge=1)
+    """Optimisation passes over each batch of sampled completions."""
+
+    epsilon: float = Field(0.2, gt=0)
+    """Clipping range of the policy ratio."""
+
+    @model_validator(mode="after")
+    def _has_rewards(self) -> OnlineObjective:
+        if not self.rewards:
+            raise ValueError(
+                f"{self.type} needs at least one reward function in objective.rewards, e.g. "
+                "rewards: [{type: exact_match, column: answer}]"
+            )
+        return self
+
+
+class GrpoObjective(OnlineObjective):
+    """`grpo`: Group Relative Policy Optimization (TRL's GRPOTrainer) on `prompt` data: the
+    rewards of each group are normalised by the group's mean (and spread), and the model
+    follows those advantages within a clipped ratio of its sampling policy."""
+
+    type: Literal["grpo"] = "grpo"
+
+    loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = "dapo"
+    """How token losses are averaged: `dapo` (over the tokens of the whole batch, TRL's
+    default), `grpo` (per completion first, which favours short right answers),
+    `dr_grpo` (by a constant, max_completion_length) or `bnpo` (over each micro-batch)."""
+
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    """Divide the advantages by the standard deviation of the group's rewards, of the
+    batch's, or not at all (Dr. GRPO)."""
+
+
+class RlooObjective(OnlineObjective):
+    """`rloo`: REINFORCE Leave-One-Out (TRL's RLOOTrainer) on `prompt` data: each
+    completion's baseline is the mean reward of the other completions of its prompt."""
+
+    type: Literal["rloo"] = "rloo"
+
+    normalize_advantages: bool = False
+    """Scale the advantages to unit variance across the batch."""
+
+
 ObjectiveConfig = Annotated[
     SftObjective
     | DpoObjective
@@ -189,13 +375,19 @@ ObjectiveConfig = Annotated[
     | CpoObjective
     | SimpoObjective
     | OrpoObjective
-    | RewardObjective,
+    | RewardObjective
+    | GrpoObjective
+    | RlooObjective,
     Field(discriminator="type"),
 ]
 
 REFERENCE_FREE = ("cpo", "simpo", "orpo")
 """Preference objectives that compare the model with no reference model (TRL's
 experimental CPOTrainer and ORPOTrainer)."""
+
+ONLINE_OBJECTIVES = ("grpo", "rloo")
+"""Objectives that sample answers to `prompt` data while training and learn from their
+rewards (TRL's GRPOTrainer and RLOOTrainer)."""
 
 PREFERENCE_OBJECTIVES = ("dpo", "reward", "kto", *REFERENCE_FREE)
 """Objectives that train on `preference` data (prompt, chosen and rejected answers)."""
@@ -206,5 +398,6 @@ OBJECTIVE_FORMATS = {
     "reward": ("preference",),
     "kto": ("feedback", "preference"),
     **{kind: ("preference",) for kind in REFERENCE_FREE},
+    **{kind: ("prompt",) for kind in ONLINE_OBJECTIVES},
 }
 """The data formats each objective trains on."""

@@ -17,7 +17,12 @@ from pydantic import Field, field_validator, model_validator
 from finetune.config.base import Section
 from finetune.config.data import DataConfig, TokenizerConfig
 from finetune.config.hub import HubConfig
-from finetune.config.objective import OBJECTIVE_FORMATS, ObjectiveConfig, SftObjective
+from finetune.config.objective import (
+    OBJECTIVE_FORMATS,
+    ONLINE_OBJECTIVES,
+    ObjectiveConfig,
+    SftObjective,
+)
 
 # --------------------------------------------------------------------------------------
 # model
@@ -390,6 +395,7 @@ class OutputConfig(Section):
 FORMAT_FIELDS = {
     "preference": "prompt, chosen and rejected fields",
     "feedback": "prompt, completion and label fields",
+    "prompt": "a prompt field, and the fields the rewards read",
 }
 
 
@@ -496,6 +502,8 @@ class RunConfig(Section):
                     "train.exact_match_rows: feedback rows have no reference answer (an "
                     "undesirable one is not); give preference data as data.eval, or set 0"
                 )
+        if kind in ONLINE_OBJECTIVES:
+            self._online_fits()
         if kind == "reward":
             if "task" in self.model.model_fields_set and self.model.task != (
                 "sequence_classification"
@@ -509,6 +517,38 @@ class RunConfig(Section):
             if self.train.exact_match_rows:
                 raise ValueError("train.exact_match_rows: a reward model does not generate")
         return self
+
+    def _online_fits(self) -> None:
+        """GRPO and RLOO: batches hold whole groups, and a KL penalty needs a reference."""
+        objective, train = self.objective, self.train
+        rows = train.micro_batch_size * train.gradient_accumulation_steps
+        if rows % objective.num_generations:
+            raise ValueError(
+                f"objective.num_generations: each optimizer step samples whole groups, but "
+                f"train.micro_batch_size x gradient_accumulation_steps ({rows}) is not a "
+                f"multiple of {objective.num_generations}; change either"
+            )
+        if (self.data.eval or self.data.eval_ratio) and (
+            train.micro_batch_size % objective.num_generations
+        ):
+            raise ValueError(
+                f"objective.num_generations: evaluation samples whole groups per batch of "
+                f"train.micro_batch_size ({train.micro_batch_size}) prompts' completions, "
+                f"which is not a multiple of {objective.num_generations}; change either"
+            )
+        if objective.beta > 0 and self.method.type == "full" and self.model.name_or_path is None:
+            raise ValueError(
+                "objective.beta: with full training the reference model is loaded from "
+                "model.name_or_path, and a model built from model.architecture has none; "
+                "train it first (e.g. with sft) and start from its output, or set beta 0"
+            )
+        if self.train.exact_match_rows and not any(
+            r.type == "exact_match" for r in objective.rewards
+        ):
+            raise ValueError(
+                "train.exact_match_rows: the reference answers of prompt rows are the column "
+                "of an exact_match reward; add one to objective.rewards, or set 0"
+            )
 
     @model_validator(mode="after")
     def _task_fits(self) -> RunConfig:

@@ -63,6 +63,18 @@ FEEDBACK_SCHEMA = pa.schema(
 desirable, and the sequence's length."""
 
 
+PROMPT_SCHEMA = pa.schema(
+    [
+        ("prompt_ids", pa.list_(pa.int32())),
+        ("prompt", pa.string()),
+        ("extras", pa.string()),
+        ("length", pa.int32()),
+    ]
+)
+"""A prompt-only row: the prompt's ids, the prompt and the row's other fields (JSON, as
+the reward functions get them), and the prompt's length."""
+
+
 def cache_root(cache_dir: str | None) -> Path:
     """`cache_dir`, else `$FINETUNE_CACHE/data`, else `~/.cache/finetune/data`."""
     if cache_dir is not None:
@@ -94,7 +106,8 @@ class EntryWriter:
         root: the cache root, or None to write to a private temporary directory that is
             removed when the process exits (caching disabled).
         key: the entry's key (ignored without `root`).
-        schema: the columns of a row, `SCHEMA`, `PAIR_SCHEMA` or `FEEDBACK_SCHEMA`.
+        schema: the columns of a row: `SCHEMA`, `PAIR_SCHEMA`, `FEEDBACK_SCHEMA` or
+            `PROMPT_SCHEMA`.
     """
 
     def __init__(
@@ -127,6 +140,10 @@ class EntryWriter:
         """Append one feedback row (`FEEDBACK_SCHEMA`)."""
         length = len(prompt) + len(completion)
         self._append(prompt_ids=prompt, completion_ids=completion, label=label, length=length)
+
+    def add_prompt(self, prompt_ids: list[int], prompt: str, extras: str) -> None:
+        """Append one prompt-only row (`PROMPT_SCHEMA`)."""
+        self._append(prompt_ids=prompt_ids, prompt=prompt, extras=extras, length=len(prompt_ids))
 
     def _append(self, **row: Any) -> None:
         for name, value in row.items():

@@ -12,6 +12,7 @@ tokenizer), so adding one means adding a config class and two functions.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from finetune.config.data import (
     FeedbackFormat,
     FormatConfig,
     PreferenceFormat,
+    PromptFormat,
     TextFormat,
 )
 from finetune.data.sources import InvalidRow, iter_rows
@@ -70,9 +72,19 @@ class EncodedFeedback:
     label: bool
 
 
+@dataclass
+class EncodedPrompt:
+    """A tokenized prompt-only row: the prompt's ids, the prompt as the reward functions
+    see it (a string or checked chat turns) and the row's other fields, both as JSON."""
+
+    prompt_ids: list[int]
+    prompt: str
+    extras: str
+
+
 def encode_row(
     row: Any, fmt: FormatConfig, tokenizer: PreTrainedTokenizerBase
-) -> Encoded | EncodedPair | EncodedFeedback:
+) -> Encoded | EncodedPair | EncodedFeedback | EncodedPrompt:
     """Tokenize one row of format `fmt`, marking the tokens that carry loss (a preference
     or feedback row: splitting it into prompt and answers).
 
@@ -407,7 +419,7 @@ def _chat_text(row: dict[str, Any], fmt: ChatFormat) -> str:
 # --------------------------------------------------------------------------------------
 
 Turns = list[dict[str, str]]
-AnswerFormat = PreferenceFormat | FeedbackFormat
+AnswerFormat = PreferenceFormat | FeedbackFormat | PromptFormat
 
 
 def preference_parts(row: dict[str, Any], fmt: PreferenceFormat) -> tuple[Any, Any, Any]:
@@ -652,8 +664,62 @@ def _feedback_text(row: dict[str, Any], fmt: FeedbackFormat) -> str:
     )
 
 
+# --------------------------------------------------------------------------------------
+# prompt: a prompt alone (the model writes the answers), and fields for the rewards
+# --------------------------------------------------------------------------------------
+
+
+def prompt_parts(row: dict[str, Any], fmt: PromptFormat) -> tuple[Any, dict[str, Any]]:
+    """The row's prompt (a string, or checked chat turns ending with a user turn) and its
+    other fields.
+
+    Raises:
+        BadRow: a missing or empty prompt, bad turns, or a prompt ending with the
+            assistant's turn.
+    """
+    value = row.get(fmt.prompt_field)
+    if isinstance(value, list):
+        prompt: Any = _turns(value, fmt.prompt_field, fmt)
+        _add_system_prompt(prompt, fmt.system_prompt)
+        if not any(turn["role"] == "user" for turn in prompt):
+            raise BadRow("the prompt has no user turn")
+        if prompt[-1]["role"] == "assistant":
+            raise BadRow("the prompt ends with an assistant turn; it must end with the user's")
+    else:
+        prompt = _field(row, fmt.prompt_field, "prompt_field")
+    return prompt, {k: v for k, v in row.items() if k != fmt.prompt_field}
+
+
+def _encode_prompt(
+    row: dict[str, Any], fmt: PromptFormat, tok: PreTrainedTokenizerBase
+) -> EncodedPrompt:
+    prompt, extras = prompt_parts(row, fmt)
+    try:
+        extras_json = json.dumps(extras, ensure_ascii=False)
+    except (TypeError, ValueError) as err:
+        raise BadRow(f"a field cannot be passed to the reward functions: {err}") from None
+    if isinstance(prompt, list):
+        if tok.chat_template is None:
+            raise BadRow(
+                "this prompt is chat turns but the tokenizer has no chat template; use a "
+                "tokenizer with one, or give the prompt as plain text"
+            )
+        ids = _template_ids(tok, prompt, add_generation_prompt=True)
+    else:
+        ids = list(tok(prompt, add_special_tokens=True)["input_ids"])
+        if len(ids) > 1 and ids[-1] == tok.eos_token_id:  # the model writes what follows
+            ids.pop()
+    return EncodedPrompt(ids, json.dumps(prompt, ensure_ascii=False), extras_json)
+
+
+def _prompt_text(row: dict[str, Any], fmt: PromptFormat) -> str:
+    prompt, _ = prompt_parts(row, fmt)
+    return prompt if isinstance(prompt, str) else "\n".join(t["content"] for t in prompt)
+
+
 Encoder = Callable[
-    [dict[str, Any], Any, PreTrainedTokenizerBase], Encoded | EncodedPair | EncodedFeedback
+    [dict[str, Any], Any, PreTrainedTokenizerBase],
+    Encoded | EncodedPair | EncodedFeedback | EncodedPrompt,
 ]
 
 
@@ -686,6 +752,7 @@ ENCODERS: dict[str, Encoder] = {
     "classification": _encode_classification,
     "preference": _encode_preference,
     "feedback": _encode_feedback,
+    "prompt": _encode_prompt,
 }
 
 TEXTS: dict[str, Callable[[dict[str, Any], Any], str]] = {
@@ -696,4 +763,5 @@ TEXTS: dict[str, Callable[[dict[str, Any], Any], str]] = {
     "classification": _classification_text,
     "preference": _preference_text,
     "feedback": _feedback_text,
+    "prompt": _prompt_text,
 }

@@ -22,6 +22,7 @@ from finetune.config.data import DataConfig, DatasetConfig
 from finetune.data.cache import (
     FEEDBACK_SCHEMA,
     PAIR_SCHEMA,
+    PROMPT_SCHEMA,
     SCHEMA,
     EntryWriter,
     cache_key,
@@ -34,6 +35,7 @@ from finetune.data.formats import (
     Encoded,
     EncodedFeedback,
     EncodedPair,
+    EncodedPrompt,
     encode_row,
     keep_side,
 )
@@ -246,7 +248,7 @@ def _tokenize_source(
     return _Tokenized(source, dataset, _report(name, source, stats, cached=False))
 
 
-SCHEMAS = {"preference": PAIR_SCHEMA, "feedback": FEEDBACK_SCHEMA}
+SCHEMAS = {"preference": PAIR_SCHEMA, "feedback": FEEDBACK_SCHEMA, "prompt": PROMPT_SCHEMA}
 """The cached columns of formats whose rows are not samples (`SCHEMA`)."""
 
 
@@ -278,6 +280,9 @@ def _encode_rows(
             continue
         if isinstance(encoded, EncodedFeedback):
             _add_feedback(encoded, cfg, writer, stats)
+            continue
+        if isinstance(encoded, EncodedPrompt):
+            _add_prompt(encoded, cfg, writer, stats)
             continue
         truncated = len(encoded.input_ids) > cfg.max_length
         if truncated:
@@ -338,6 +343,21 @@ def _add_feedback(
     stats.truncated += truncated
     stats.tokens += len(prompt) + len(completion)
     stats.trainable_tokens += len(completion)
+
+
+def _add_prompt(
+    row: EncodedPrompt, cfg: DataConfig, writer: EntryWriter, stats: SourceStats
+) -> None:
+    """Truncate a prompt as a sample is truncated (`right` keeps its start, `left` its
+    end), count it, and write it."""
+    truncated = len(row.prompt_ids) > cfg.max_length
+    ids = row.prompt_ids
+    if truncated:
+        ids = ids[-cfg.max_length :] if cfg.truncation == "left" else ids[: cfg.max_length]
+    writer.add_prompt(ids, row.prompt, row.extras)
+    stats.kept += 1
+    stats.truncated += truncated
+    stats.tokens += len(ids)
 
 
 def truncate_pair(pair: EncodedPair, max_length: int, side: str) -> EncodedPair:

@@ -68,6 +68,12 @@ def _token_line(name: str, samples: datasets.Dataset) -> str:
             f"{trainable} in answers ({100 * trainable / max(tokens, 1):.1f}%), mean length "
             f"{tokens / max(len(table), 1):.1f}"
         )
+    if "extras" in table.column_names:  # prompts: the model writes the answers
+        tokens = pc.sum(table["length"]).as_py() or 0
+        return (
+            f"{name}: {len(table)} prompts, {tokens} tokens, mean length "
+            f"{tokens / max(len(table), 1):.1f} (answers are sampled while training)"
+        )
     labels = table["labels"]
     carry = pc.sum(pc.not_equal(pc.list_flatten(labels), -100)).as_py() or 0
     # A sample's first label is never predicted (nothing comes before it).

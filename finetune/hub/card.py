@@ -220,6 +220,17 @@ def _objective_text(objective: Any) -> str:
             f"ORPO (TRL's ORPOTrainer), odds-ratio weight {objective.beta:g}, no reference "
             "model, on preference pairs"
         )
+    if objective.type in ("grpo", "rloo"):
+        name = objective.type.upper()
+        trainer = f"{name} (TRL's {name}Trainer"
+        rewards = ", ".join(
+            r.function if r.type == "function" else r.type for r in objective.rewards
+        )
+        return (
+            f"{trainer}), {objective.num_generations} sampled completions per prompt of up "
+            f"to {objective.max_completion_length} tokens, rewards {rewards}, KL weight "
+            f"{objective.beta:g}, on prompts"
+        )
     if objective.type == "reward":
         return "reward model (TRL's RewardTrainer, pairwise loss) on preference pairs"
     return "supervised fine-tuning (the loss of the model's own head)"

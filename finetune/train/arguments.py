@@ -96,6 +96,6 @@ def training_arguments(
         ddp_timeout=collective_timeout_s(timeout_s),
         remove_unused_columns=False,
         disable_tqdm=False,
-        include_num_input_tokens_seen="non_padding",
+        include_num_input_tokens_seen=options.pop("include_num_input_tokens_seen", "non_padding"),
         **options,
     )

@@ -8,8 +8,10 @@ class labels, all through transformers' `Trainer` (`GuardedTrainer`), each with 
 collator (`TASK_OBJECTIVES`). The others are TRL's trainers on the data layer's tokenized
 preference pairs and feedback: `dpo` (`DPOTrainer`), `kto` (`KTOTrainer`), `reward`
 (`RewardTrainer`), and the reference-free `cpo` and `simpo` (`CPOTrainer`) and `orpo`
-(`ORPOTrainer`) from `trl.experimental`. The setup around them
-(`finetune.train.runner.prepare_run`) is the same for all.
+(`ORPOTrainer`) from `trl.experimental`; and the online `grpo` (`GRPOTrainer`) and `rloo`
+(`RLOOTrainer`), which sample completions of prompt rows and learn from the rewards of
+`finetune.train.rewards`. The setup around them (`finetune.train.runner.prepare_run`) is
+the same for all.
 
 The engine is chosen apart from the objective: a pipeline-parallel run replaces the
 objective's trainer with `PipelineTrainer`, which drives DeepSpeed's PipelineEngine behind
@@ -18,6 +20,7 @@ the same interface (next-token prediction only: the config refuses the others).
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,13 +36,14 @@ from transformers import (
 )
 
 from finetune.config.data import DataConfig
-from finetune.config.objective import REFERENCE_FREE
+from finetune.config.objective import ONLINE_OBJECTIVES, REFERENCE_FREE
 from finetune.data.collator import (
     ClassificationCollator,
     MaskedLMCollator,
     Seq2SeqCollator,
     build_collator,
 )
+from finetune.errors import ConfigError
 from finetune.train.divergence import GuardedTrainer
 
 if TYPE_CHECKING:
@@ -152,6 +156,31 @@ def arguments_class(cfg: RunConfig) -> tuple[type[TrainingArguments], dict[str, 
             "max_length": cfg.data.max_length,
             "disable_dropout": False,
         }
+    if objective.type in ONLINE_OBJECTIVES:
+        options = {
+            "num_generations": objective.num_generations,
+            "num_generations_eval": objective.num_generations,
+            "max_completion_length": objective.max_completion_length,
+            "temperature": objective.temperature,
+            "top_p": objective.top_p,
+            "top_k": objective.top_k,
+            "beta": objective.beta,
+            "num_iterations": objective.num_iterations,
+            "epsilon": objective.epsilon,
+            "reward_weights": [r.weight for r in objective.rewards],
+            "disable_dropout": False,
+            # The trainer counts the prompt and completion tokens itself; its batches have
+            # no input_ids for the Trainer to count
+            "include_num_input_tokens_seen": "no",
+        }
+        if objective.type == "grpo":
+            from trl import GRPOConfig
+
+            options |= {"loss_type": objective.loss_type, "scale_rewards": objective.scale_rewards}
+            return GRPOConfig, options
+        from trl import RLOOConfig
+
+        return RLOOConfig, options | {"normalize_advantages": objective.normalize_advantages}
     if objective.type == "reward":
         from trl import RewardConfig
 
@@ -214,6 +243,15 @@ def build_trainer(
         # These trainers take no optimizer class; the Trainer reads it when it builds one
         trainer.optimizer_cls_and_kwargs = optimizer_cls_and_kwargs
         return trainer
+    if objective.type in ONLINE_OBJECTIVES:
+        from finetune.train.rewards import reward_functions
+        from finetune.train.trl_trainers import ONLINE_TRAINERS
+
+        _check_reward_fields(objective.rewards, train_dataset)
+        functions, _ = reward_functions(objective.rewards)  # their weights: in `args`
+        trainer = ONLINE_TRAINERS[objective.type](reward_funcs=functions, **common)
+        trainer.optimizer_cls_and_kwargs = optimizer_cls_and_kwargs
+        return trainer
     if objective.type == "reward":
         from finetune.train.trl_trainers import RewardModelTrainer, WholeSequences
 
@@ -231,3 +269,17 @@ def build_trainer(
         compute_metrics=task.metrics,
         **common,
     )
+
+
+def _check_reward_fields(rewards: list[Any], rows: Any) -> None:
+    """Refuse an exact_match reward whose reference field the prompt rows lack (checked on
+    the first row, before any completion is sampled)."""
+    fields = json.loads(rows[0]["extras"])
+    for i, reward in enumerate(rewards):
+        if reward.type == "exact_match" and reward.column not in fields:
+            names = ", ".join(fields) or "none"
+            raise ConfigError(
+                f"objective.rewards[{i}].column: the prompt rows have no field "
+                f"{reward.column!r} to compare answers with (fields besides the prompt: "
+                f"{names})"
+            )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from finetune.config.objective import ONLINE_OBJECTIVES
+
 ROWS = (
     ("loss", "eval_loss", "untrained_loss", "{:.4f}"),
     ("perplexity", "eval_perplexity", "untrained_perplexity", "{:.2f}"),
@@ -14,6 +16,7 @@ ROWS = (
     ("preference margin", "eval_preference_margin", "untrained_preference_margin", "{:.3f}"),
     ("reward accuracy", "eval_rewards/accuracies", "untrained_rewards/accuracies", "{:.1%}"),
     ("reward margin", "eval_rewards/margins", "untrained_rewards/margins", "{:.3f}"),
+    ("mean reward", "eval_reward", "untrained_reward", "{:.3f}"),
     ("desirable log-prob", "eval_desirable_log_prob", "untrained_desirable_log_prob", "{:.3f}"),
     (
         "undesirable log-prob",
@@ -26,7 +29,8 @@ ROWS = (
 implicit rewards (relative to the reference model, so 0 before training); `preference *`
 is the model's own preference on held-out pairs (finetune.evaluate.preference_accuracy);
 `*desirable log-prob` its log-probabilities of held-out feedback answers
-(finetune.evaluate.feedback_log_probs)."""
+(finetune.evaluate.feedback_log_probs); `mean reward` the weighted sum of GRPO's and RLOO's
+rewards of completions sampled for the held-out prompts."""
 
 
 def format_report(summary: dict[str, Any]) -> str:
@@ -39,6 +43,8 @@ def format_report(summary: dict[str, Any]) -> str:
             metrics[loss.replace("loss", "perplexity")] = math.exp(min(metrics[loss], 50.0))
     lines = [f"trained {summary['global_step']} steps, {summary['tokens_seen']:,} tokens"]
     rows = [(name, trained.get(t), untrained.get(u), fmt) for name, t, u, fmt in ROWS]
+    if summary.get("objective") in ONLINE_OBJECTIVES:  # a policy-gradient loss says little
+        rows = [row for row in rows if row[0] != "loss"]
     rows = [row for row in rows if row[1] is not None]
     if not rows:
         return lines[0]

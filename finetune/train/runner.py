@@ -36,7 +36,12 @@ from finetune.distributed.launch import (
 from finetune.distributed.watchdog import watchdog_callbacks
 from finetune.distributed.zero import gathered_parameters
 from finetune.errors import Interrupted, StorageError, TrainingDiverged, disk_full
-from finetune.evaluate import exact_match, held_out_scores, prompt_answer_pairs
+from finetune.evaluate import (
+    exact_match,
+    held_out_scores,
+    prompt_answer_pairs,
+    reference_field,
+)
 from finetune.hub import check_hub, hub_callbacks, push_trained
 from finetune.layout import BASE_MODEL, CHECKPOINTS, MERGED, METRICS, RUN_CONFIG, RUN_INFO
 from finetune.methods import apply_method, load_base_model, trainable_parameters
@@ -163,7 +168,9 @@ def prepare_run(
         data = prepare_data(cfg.data, tokenizer, cfg.train.seed)
     pairs = []
     if cfg.train.exact_match_rows:
-        pairs = prompt_answer_pairs(cfg.data.eval[0], tokenizer, cfg.train.exact_match_rows)
+        pairs = prompt_answer_pairs(
+            cfg.data.eval[0], tokenizer, cfg.train.exact_match_rows, reference_field(cfg)
+        )
 
     with replacing(out, overwrite, is_main=args.process_index == 0):
         if args.process_index == 0:

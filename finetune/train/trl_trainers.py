@@ -4,9 +4,10 @@ TRL (an optional dependency)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from trl import DPOTrainer, KTOTrainer, RewardTrainer
+from trl import DPOTrainer, GRPOTrainer, KTOTrainer, RewardTrainer, RLOOTrainer
 from trl.experimental.cpo import CPOTrainer
 from trl.experimental.orpo import ORPOTrainer
 from trl.trainer.reward_trainer import DataCollatorForPreference
@@ -152,3 +153,32 @@ class WholeSequences:
                 for e in examples
             ]
         )
+
+
+class PromptRows:
+    """Mixed into TRL's online trainers (GRPO, RLOO), which sample completions of the data
+    layer's prompt rows: generation starts from the ids the data layer made (its chat
+    template, truncation and special tokens), and the rewards get the prompt as the data
+    gives it and the row's other fields (`finetune.train.rewards.checked` reads them)."""
+
+    _prompt_ids: tuple[list[int], ...] = ()
+
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        self._prompt_ids = tuple(list(row["prompt_ids"]) for row in inputs)
+        rows = [{"prompt": json.loads(row["prompt"]), "extras": row["extras"]} for row in inputs]
+        return super()._generate_and_score_completions(rows)
+
+    def _tokenize_prompts(self, prompts: list[Any]) -> tuple[list[list[int]], None, dict]:
+        return list(self._prompt_ids), None, {}
+
+
+class GroupRelativeTrainer(PromptRows, NamedEvalMetrics, Guarded, ProjectModel, GRPOTrainer):
+    """TRL's GRPOTrainer on the data layer's prompt rows."""
+
+
+class LeaveOneOutTrainer(PromptRows, NamedEvalMetrics, Guarded, ProjectModel, RLOOTrainer):
+    """TRL's RLOOTrainer on the data layer's prompt rows."""
+
+
+ONLINE_TRAINERS: dict[str, type] = {"grpo": GroupRelativeTrainer, "rloo": LeaveOneOutTrainer}
+"""The trainer of each objective that samples completions of prompt rows."""

@@ -300,3 +300,35 @@ def test_card_names_the_reference_free_objectives(tmp_path: Path, objective, row
     card = ModelCard(model_card(read_run(out), HUB, "alice/model", has_curve=False))
     assert f"| objective | {row}" in card.text
     assert objective["type"] in card.data.tags
+
+
+@pytest.mark.parametrize(
+    ("objective", "row"),
+    [
+        (
+            {"type": "grpo", "num_generations": 8, "rewards": [{"type": "exact_match"}]},
+            "GRPO (TRL's GRPOTrainer), 8 sampled completions per prompt of up to 32 tokens, "
+            "rewards exact_match, KL weight 0, on prompts",
+        ),
+        (
+            {
+                "type": "rloo",
+                "rewards": [
+                    {"type": "function", "function": "my_rewards:brevity"},
+                    {"type": "length", "max_tokens": 9},
+                ],
+            },
+            "RLOO (TRL's RLOOTrainer), 4 sampled completions per prompt of up to 32 tokens, "
+            "rewards my_rewards:brevity, length, KL weight 0, on prompts",
+        ),
+    ],
+)
+def test_card_names_the_online_objectives(tmp_path: Path, objective, row: str) -> None:
+    out = output_dir(
+        tmp_path,
+        objective=objective,
+        data={"train": [{"path": "/data/prompts.jsonl", "format": "prompt"}]},
+    )
+    card = ModelCard(model_card(read_run(out), HUB, "alice/model", has_curve=False))
+    assert f"| objective | {row} |" in card.text
+    assert objective["type"] in card.data.tags
