@@ -377,7 +377,7 @@ def _online_run(
         "model": {"name_or_path": str(model)},
         "data": {
             "train": [{"path": str(ARITHMETIC / "train.jsonl"), "format": "prompt"}],
-            "eval": [{"path": str(ARITHMETIC / "eval.jsonl"), "format": "prompt", "samples": 64}],
+            "eval": [{"path": str(ARITHMETIC / "eval.jsonl"), "format": "prompt", "samples": 32}],
             "max_length": 32,
         },
         "objective": {"max_completion_length": 6, **objective},
@@ -402,7 +402,7 @@ def test_grpo_moves_the_model_toward_its_reward(sft_model: Path, tmp_path: Path)
         tmp_path,
         sft_model,
         {"type": "grpo", "num_generations": 8, "rewards": [leading_one, exact]},
-        train={"exact_match_rows": 64, "exact_match_max_new_tokens": 6},
+        train={"exact_match_rows": 32, "exact_match_max_new_tokens": 6},
     )
     before, after = info["untrained_metrics"], info["metrics"]
     assert info["objective"] == "grpo"
