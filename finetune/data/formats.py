@@ -520,12 +520,7 @@ def _encode_answers(
 ) -> tuple[list[int], list[Encoded]]:
     """The prompt's ids, and each answer encoded as the whole sequence after the prompt."""
     if isinstance(prompt, list):
-        if tok.chat_template is None:
-            raise BadRow(
-                "this row is chat turns but the tokenizer has no chat template; use a "
-                "tokenizer with one, or give prompt and answers as plain text"
-            )
-        prompt_ids = _template_ids(tok, prompt, add_generation_prompt=True)
+        prompt_ids = _chat_prompt_ids(tok, prompt, "prompt and answers")
         return prompt_ids, [encode_messages(prompt + answer, tok) for answer in answers]
     encoded = [encode_segments([(prompt, False), (answer, True)], tok) for answer in answers]
     # A token that merges across the prompt/answer boundary carries loss, so it belongs to
@@ -536,6 +531,22 @@ def _encode_answers(
         default=[],
     )
     return prompt_ids, encoded
+
+
+def _chat_prompt_ids(tok: PreTrainedTokenizerBase, prompt: Turns, plain: str) -> list[int]:
+    """The ids of a chat prompt as generation starts from it (its turns, then the
+    generation prompt).
+
+    Raises:
+        BadRow: the tokenizer has no chat template (`plain`: what to give as text instead),
+            or the template rejects the turns.
+    """
+    if tok.chat_template is None:
+        raise BadRow(
+            "this row is chat turns but the tokenizer has no chat template; use a "
+            f"tokenizer with one, or give {plain} as plain text"
+        )
+    return _template_ids(tok, prompt, add_generation_prompt=True)
 
 
 def _template_ids(tok: PreTrainedTokenizerBase, messages: Turns, **options: Any) -> list[int]:
@@ -699,12 +710,7 @@ def _encode_prompt(
     except (TypeError, ValueError) as err:
         raise BadRow(f"a field cannot be passed to the reward functions: {err}") from None
     if isinstance(prompt, list):
-        if tok.chat_template is None:
-            raise BadRow(
-                "this prompt is chat turns but the tokenizer has no chat template; use a "
-                "tokenizer with one, or give the prompt as plain text"
-            )
-        ids = _template_ids(tok, prompt, add_generation_prompt=True)
+        ids = _chat_prompt_ids(tok, prompt, "the prompt")
     else:
         ids = list(tok(prompt, add_special_tokens=True)["input_ids"])
         if len(ids) > 1 and ids[-1] == tok.eos_token_id:  # the model writes what follows
