@@ -499,11 +499,17 @@ def _check_dialogue(prompt: Turns, answer: Turns, fields: str) -> None:
             "an answer must start with an assistant turn (after the prompt's turns); "
             f"check the roles of {fields}"
         )
+    _check_prompt(prompt, answer)
+
+
+def _check_prompt(prompt: Turns, answer: Turns | None = None) -> None:
+    """A chat prompt has a user turn and ends with one; only the first turn of the
+    conversation (prompt, then `answer`) may be a system turn."""
     if not any(turn["role"] == "user" for turn in prompt):
         raise BadRow("the prompt has no user turn")
     if prompt[-1]["role"] == "assistant":
         raise BadRow("the prompt ends with an assistant turn; it must end with the user's")
-    for number, turn in enumerate(prompt + answer, start=1):
+    for number, turn in enumerate(prompt + (answer or []), start=1):
         if turn["role"] == "system" and number > 1:
             raise BadRow(f"turn {number} is a system turn; only the first turn may be")
 
@@ -685,17 +691,14 @@ def prompt_parts(row: dict[str, Any], fmt: PromptFormat) -> tuple[Any, dict[str,
     other fields.
 
     Raises:
-        BadRow: a missing or empty prompt, bad turns, or a prompt ending with the
-            assistant's turn.
+        BadRow: a missing or empty prompt, bad turns, a prompt ending with the
+            assistant's turn, or a system turn that is not the first.
     """
     value = row.get(fmt.prompt_field)
     if isinstance(value, list):
         prompt: Any = _turns(value, fmt.prompt_field, fmt)
         _add_system_prompt(prompt, fmt.system_prompt)
-        if not any(turn["role"] == "user" for turn in prompt):
-            raise BadRow("the prompt has no user turn")
-        if prompt[-1]["role"] == "assistant":
-            raise BadRow("the prompt ends with an assistant turn; it must end with the user's")
+        _check_prompt(prompt)
     else:
         prompt = _field(row, fmt.prompt_field, "prompt_field")
     return prompt, {k: v for k, v in row.items() if k != fmt.prompt_field}

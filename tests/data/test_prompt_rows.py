@@ -58,6 +58,7 @@ def test_options_rename_the_fields(tok) -> None:
         ({"prompt": [USER, ANSWER]}, "ends with an assistant turn"),
         ({"prompt": [{"role": "system", "content": "x"}]}, "no user turn"),
         ({"prompt": [{"role": "robot", "content": "x"}]}, "unknown role 'robot'"),
+        ({"prompt": [USER, {"role": "system", "content": "x"}, USER]}, "turn 2 is a system turn"),
     ],
 )
 def test_bad_rows(tok, row, reason: str) -> None:
