@@ -10,7 +10,8 @@ from typing import Any
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
-from finetune.config.data import TokenizerTrainConfig
+from finetune.config.data import DataConfig, DatasetConfig, TokenizerTrainConfig
+from finetune.data.pipeline import prepare_data
 from finetune.data.tokenizer import train_tokenizer
 
 WORDS = [
@@ -105,6 +106,19 @@ def write_jsonl(path: Path, rows: list[Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
+
+
+def prepare_file(
+    path: Path, rows: list[Any], data_format: str, tokenizer: PreTrainedTokenizerFast, **data: Any
+):
+    """`rows` written to `path` and prepared as the one training source, in `data_format`,
+    with a cache beside the file (`data`: more options of the data section)."""
+    cfg = DataConfig(
+        train=[DatasetConfig(path=str(write_jsonl(path, rows)), format=data_format)],
+        cache_dir=str(path.parent / "cache"),
+        **data,
+    )
+    return prepare_data(cfg, tokenizer, seed=0)
 
 
 def ids(tokenizer: PreTrainedTokenizerFast, text: str) -> list[int]:

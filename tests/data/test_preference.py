@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from finetune.config.data import DataConfig, DatasetConfig, PreferenceFormat
+from finetune.config.data import PreferenceFormat
 from finetune.data.formats import BadRow, EncodedPair, encode_row, prompt_and_answer
-from finetune.data.pipeline import prepare_data
 from finetune.data.summary import format_summary
 from finetune.errors import DataError
-from tests.data.helpers import ids, write_jsonl
+from tests.data.helpers import ids, prepare_file
 
 FMT = PreferenceFormat()
 TEXT_ROW = {"prompt": "what is the capital of france?", "chosen": " paris", "rejected": " the cat"}
@@ -96,13 +95,7 @@ def test_bad_rows(tok, row, reason: str) -> None:
 
 
 def _prepare(tmp_path: Path, tok, rows, **data):
-    path = write_jsonl(tmp_path / "pairs.jsonl", rows)
-    cfg = DataConfig(
-        train=[DatasetConfig(path=str(path), format="preference")],
-        cache_dir=str(tmp_path / "cache"),
-        **data,
-    )
-    return prepare_data(cfg, tok, seed=0)
+    return prepare_file(tmp_path / "pairs.jsonl", rows, "preference", tok, **data)
 
 
 def test_bad_rows_are_reported_by_file_and_line(tmp_path: Path, tok) -> None:

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from finetune.config.data import DataConfig, DatasetConfig, PromptFormat
+from finetune.config.data import PromptFormat
 from finetune.data.formats import BadRow, encode_row
-from finetune.data.pipeline import prepare_data
 from finetune.data.summary import format_summary
 from finetune.errors import DataError
-from tests.data.helpers import ids, write_jsonl
+from tests.data.helpers import ids, prepare_file
 
 FMT = PromptFormat()
 USER = {"role": "user", "content": "what is the capital of france"}
@@ -67,13 +66,7 @@ def test_bad_rows(tok, row, reason: str) -> None:
 
 
 def _prepare(tmp_path: Path, tok, rows, **data):
-    path = write_jsonl(tmp_path / "prompts.jsonl", rows)
-    cfg = DataConfig(
-        train=[DatasetConfig(path=str(path), format="prompt")],
-        cache_dir=str(tmp_path / "cache"),
-        **data,
-    )
-    return prepare_data(cfg, tok, seed=0)
+    return prepare_file(tmp_path / "prompts.jsonl", rows, "prompt", tok, **data)
 
 
 ROWS = [{"prompt": "what is 2+2?", "answer": "4"}, {"prompt": "what is 3+3?", "answer": "6"}]
