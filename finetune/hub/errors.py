@@ -96,9 +96,13 @@ def _is_network_error(err: BaseException) -> bool:
     # httpx (huggingface_hub 1.x) or httpx2 (2.x) transport errors, or socket errors; by
     # name, so that neither HTTP library has to be imported here. huggingface_hub closes its
     # shared client after a connection error, so a parallel upload then fails with
-    # "client has been closed".
+    # "client has been closed", or (2.x, a retry that finds the client gone) with an
+    # AttributeError that its LFS upload wraps as "Error while uploading 'FILE' to the Hub."
+    # (an HTTP refusal would be in the chain as HfHubHTTPError, mapped before this).
     names = {cls.__name__ for cls in type(err).__mro__}
-    closed = isinstance(err, RuntimeError) and "client has been closed" in str(err)
+    closed = isinstance(err, RuntimeError) and (
+        "client has been closed" in str(err) or str(err).startswith("Error while uploading")
+    )
     return closed or bool(names & {"TransportError", "ConnectionError", "TimeoutError"})
 
 
