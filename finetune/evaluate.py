@@ -23,7 +23,7 @@ from transformers import (
 
 import finetune.models  # noqa: F401  (registers the project's architectures)
 from finetune.config.data import DatasetConfig
-from finetune.config.objective import ONLINE_OBJECTIVES, PREFERENCE_OBJECTIVES
+from finetune.config.objective import PREFERENCE_OBJECTIVES, PROMPT_OBJECTIVES
 from finetune.config.schema import RunConfig
 from finetune.data.formats import BadRow, prompt_and_answer, prompt_parts
 from finetune.data.pipeline import build_datasets
@@ -96,7 +96,10 @@ def _prompt_rows_pairs(
 
 def reference_field(cfg: RunConfig) -> str | None:
     """The field of prompt rows holding reference answers: the first exact_match reward's
-    column (None for objectives without rewards, or without such a reward)."""
+    column, or distillation's `answer_column` (None for other objectives, or without
+    either)."""
+    if cfg.objective.type == "distill":
+        return cfg.objective.answer_column
     rewards = getattr(cfg.objective, "rewards", [])
     return next((r.column for r in rewards if r.type == "exact_match"), None)
 
@@ -364,7 +367,7 @@ def evaluate_model(cfg: RunConfig, model_dir: str | Path) -> dict[str, float]:
             model, eval_set, tokenizer.pad_token_id, cfg.train.micro_batch_size
         )
         metrics = {f"eval_{name}": value for name, value in scores.items()}
-    elif cfg.objective.type in ONLINE_OBJECTIVES:
+    elif cfg.objective.type in PROMPT_OBJECTIVES:
         if not cfg.train.exact_match_rows:
             raise ConfigError(
                 f"train.exact_match_rows: a {cfg.objective.type} model's held-out figure is "

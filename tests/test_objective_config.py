@@ -162,7 +162,27 @@ def test_grpo_and_rloo_take_prompts_and_rewards(tmp_path: Path) -> None:
     wrong = _config(tmp_path, {"type": "grpo", "rewards": [EXACT]})  # preference pairs
     assert "format: prompt (a prompt field, and the fields the rewards read)" in _error(wrong)
     sft = _online(tmp_path, "sft")
-    assert "the prompt format is the data of objective.type grpo or rloo" in _error(sft)
+    assert "the prompt format is the data of objective.type grpo or rloo or distill" in _error(sft)
+
+
+def test_distillation_takes_prompts_and_a_teacher(tmp_path: Path) -> None:
+    distill = validate_config(_online(tmp_path, {"type": "distill", "teacher": "t"})).objective
+    assert (distill.beta, distill.max_completion_length, distill.answer_column) == (1.0, 32, None)
+    assert "objective.teacher: required field is missing" in _error(_online(tmp_path, "distill"))
+    assert "objective.beta" in _error(
+        _online(tmp_path, {"type": "distill", "teacher": "t", "beta": 1.5})
+    )
+    assert "objective.rewards: unknown field (type 'distill')" in _error(
+        _online(tmp_path, {"type": "distill", "teacher": "t", "rewards": [EXACT]})
+    )
+    exact = _online(tmp_path, {"type": "distill", "teacher": "t"}, train={"exact_match_rows": 8})
+    assert "objective.answer_column" in _error(exact)
+    head = _online(
+        tmp_path,
+        {"type": "distill", "teacher": "t"},
+        method={"type": "lora", "target_modules": ["q_proj", "lm_head"]},
+    )
+    assert "remove lm_head" in _error(head)
 
 
 @pytest.mark.parametrize(

@@ -340,17 +340,18 @@ def test_reward_model_with_lora_trains_and_saves_its_head(
     )
 
 
-@pytest.mark.parametrize("example", ["dpo.yaml", "kto.yaml", "reward.yaml", "grpo.yaml"])
+@pytest.mark.parametrize(
+    "example", ["dpo.yaml", "kto.yaml", "reward.yaml", "grpo.yaml", "distill.yaml"]
+)
 def test_shipped_examples_run(example: str, sft_model: Path, tmp_path: Path) -> None:
     """The shipped examples as written, from the small model and for a few steps (their
     figures, from the quickstart model, are in README.md)."""
     out = tmp_path / "out"
-    overrides = [
-        f"model.name_or_path={sft_model}",
-        f"output.dir={out}",
-        "train.max_steps=3",
-        "logging.report_to=[]",
-    ]
+    overrides = [f"output.dir={out}", "train.max_steps=3", "logging.report_to=[]"]
+    if example == "distill.yaml":  # the small model teaches the example's new student
+        overrides += [f"objective.teacher={sft_model}", f"tokenizer.name_or_path={sft_model}"]
+    else:
+        overrides.append(f"model.name_or_path={sft_model}")
     if example != "reward.yaml":
         overrides.append("train.exact_match_rows=8")
     args = [a for o in overrides for a in ("--set", o)]
@@ -358,8 +359,8 @@ def test_shipped_examples_run(example: str, sft_model: Path, tmp_path: Path) -> 
     assert result.returncode == 0, result.stderr[-3000:]
     info = json.loads((out / "run_info.json").read_text())
     assert info["global_step"] == 3
-    if example == "grpo.yaml":
-        assert "mean reward" in result.stdout and "exact match" in result.stdout
+    if example in ("grpo.yaml", "distill.yaml"):
+        assert "exact match" in result.stdout
         assert "untrained_exact_match" in info["untrained_metrics"]
         return
     assert "preference accuracy" in result.stdout
@@ -461,3 +462,60 @@ def test_a_reward_function_that_cannot_be_imported_stops_before_the_model_loads(
     assert result.returncode != 0
     assert "cannot import module 'nope' of reward function 'nope:f'" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+
+
+def _student_run(tmp: Path, teacher: Path, objective: dict, train_format: str) -> Path:
+    """A new 1-layer decoder, half the teacher's width, with the teacher's tokenizer,
+    trained for 40 steps on the number tasks by `objective`."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    rows = {"path": str(ARITHMETIC / "train.jsonl"), "format": train_format}
+    held_out = {"path": str(ARITHMETIC / "eval.jsonl"), "format": train_format, "samples": 64}
+    cfg: dict[str, Any] = {
+        "model": {
+            "architecture": "decoder",
+            "config": {
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+                "num_key_value_heads": 1,
+                "max_position_embeddings": 64,
+            },
+        },
+        "tokenizer": {"name_or_path": str(teacher)},
+        "data": {"train": [rows], "eval": [held_out], "max_length": 32},
+        "objective": objective,
+        "train": {"max_steps": 40, "micro_batch_size": 32, "lr": 3e-3, "eval_untrained": True},
+        "logging": {"steps": 5, "report_to": []},
+        "output": {"dir": str(tmp / "out")},
+    }
+    result = run_cli("train", str(write_config(tmp / "run.yaml", cfg)))
+    assert result.returncode == 0, result.stderr[-4000:]
+    return tmp / "out"
+
+
+def test_distillation_teaches_the_answers(sft_model: Path, tmp_path: Path) -> None:
+    """The student samples answers and learns the teacher's distribution at every token:
+    the divergence to the teacher halves, and on the held-out answers (cross-entropy, as
+    SFT is scored; the rows it trained on had none) the new student ends far below where
+    it started. Measured (40 steps from a random student): cross-entropy 5.9 -> 3.7, where
+    SFT on the answers for the same steps reaches 2.9 (README.md)."""
+    distill = {"type": "distill", "teacher": str(sft_model), "beta": 0.0}
+    distilled = _student_run(tmp_path / "distill", sft_model, distill, "prompt")
+    info = json.loads((distilled / "run_info.json").read_text())
+    assert info["objective"] == "distill"
+    before, after = info["untrained_metrics"], info["metrics"]
+    assert after["eval_loss"] < 0.5 * before["untrained_loss"]  # the divergence to the teacher
+    # An SFT run of the same student (the same seed draws the same weights) scores it on
+    # the held-out answers before training; the distilled student is scored on its data
+    sft = _student_run(tmp_path / "sft", sft_model, {"type": "sft"}, "completion")
+    sft_info = json.loads((sft / "run_info.json").read_text())
+    start = sft_info["untrained_metrics"]["untrained_loss"]
+    result = run_cli("eval", str(sft), "--model", str(distilled))
+    assert result.returncode == 0, result.stderr[-3000:]
+    distilled_loss = json.loads(result.stdout)["eval_loss"]
+    sft_loss = sft_info["metrics"]["eval_loss"]
+    assert distilled_loss < 0.75 * start, f"{start=} {distilled_loss=} {sft_loss=}"
+    print(
+        f"held-out cross-entropy: start {start:.3f}, distilled {distilled_loss:.3f}, sft {sft_loss:.3f}"
+    )

@@ -19,8 +19,13 @@ import finetune.models  # noqa: F401  (registers the project's architectures in 
 from tests.conftest import REPO, run_cli
 
 EXAMPLES = sorted((REPO / "configs" / "examples").glob("*.yaml"))
-# Examples that start from a downloaded checkpoint run in their own (slow) tests.
-FROM_SCRATCH = [p for p in EXAMPLES if "name_or_path" not in yaml.safe_load(p.read_text())["model"]]
+# Examples that start from a downloaded checkpoint, or learn from another run's model (a
+# distillation teacher), run in their own (slow) tests.
+FROM_SCRATCH = [
+    p
+    for p, cfg in ((p, yaml.safe_load(p.read_text())) for p in EXAMPLES)
+    if "name_or_path" not in cfg["model"] and "teacher" not in str(cfg.get("objective"))
+]
 
 
 @pytest.mark.parametrize("example", FROM_SCRATCH, ids=lambda p: p.stem)

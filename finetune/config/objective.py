@@ -368,6 +368,45 @@ class RlooObjective(OnlineObjective):
     """Scale the advantages to unit variance across the batch."""
 
 
+class DistillObjective(Section):
+    """`distill`: on-policy distillation (TRL's DistillationTrainer) on `prompt` data: the
+    model samples answers to the prompts, and at every token of them learns the teacher's
+    next-token distribution (a generalised Jensen-Shannon divergence). The teacher is any
+    causal language model with the run's tokenizer; the rows need no answers."""
+
+    type: Literal["distill"] = "distill"
+
+    teacher: str
+    """The teacher: a model directory (a finetune run's output, adapter included) or a Hub
+    id. Its tokenizer must be the run's (`tokenizer.name_or_path` set to the teacher, or
+    the same tokenizer), since the distributions are compared token by token."""
+
+    teacher_trust_remote_code: bool = False
+    """Run the teacher checkpoint's own modelling code (as `model.trust_remote_code`)."""
+
+    beta: float = Field(1.0, ge=0, le=1)
+    """Which divergence: 0 the forward KL (the teacher's distribution covered, as in
+    classic distillation), 1 the reverse KL (the student's own answers sharpened toward
+    the teacher's, TRL's default), values between a generalised Jensen-Shannon
+    divergence (0.5: the symmetric JSD)."""
+
+    max_completion_length: int = Field(32, ge=1)
+    """Longest answer sampled, in tokens."""
+
+    temperature: float = Field(1.0, gt=0)
+    """Sampling temperature of the answers (and of both distributions in the loss)."""
+
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling of the answers (1.0: every token)."""
+
+    top_k: int = Field(0, ge=0)
+    """Sample the answers from the k likeliest tokens only (0: no limit)."""
+
+    answer_column: str | None = None
+    """Field of the prompt rows holding a reference answer, for the greedy exact match of
+    `train.exact_match_rows` (distillation itself reads none)."""
+
+
 ObjectiveConfig = Annotated[
     SftObjective
     | DpoObjective
@@ -377,7 +416,8 @@ ObjectiveConfig = Annotated[
     | OrpoObjective
     | RewardObjective
     | GrpoObjective
-    | RlooObjective,
+    | RlooObjective
+    | DistillObjective,
     Field(discriminator="type"),
 ]
 
@@ -389,6 +429,9 @@ ONLINE_OBJECTIVES = ("grpo", "rloo")
 """Objectives that sample answers to `prompt` data while training and learn from their
 rewards (TRL's GRPOTrainer and RLOOTrainer)."""
 
+PROMPT_OBJECTIVES = (*ONLINE_OBJECTIVES, "distill")
+"""Objectives that train on `prompt` data, sampling answers while they train."""
+
 PREFERENCE_OBJECTIVES = ("dpo", "reward", "kto", *REFERENCE_FREE)
 """Objectives that train on `preference` data (prompt, chosen and rejected answers)."""
 
@@ -398,6 +441,6 @@ OBJECTIVE_FORMATS = {
     "reward": ("preference",),
     "kto": ("feedback", "preference"),
     **{kind: ("preference",) for kind in REFERENCE_FREE},
-    **{kind: ("prompt",) for kind in ONLINE_OBJECTIVES},
+    **{kind: ("prompt",) for kind in PROMPT_OBJECTIVES},
 }
 """The data formats each objective trains on."""

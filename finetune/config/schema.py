@@ -504,6 +504,8 @@ class RunConfig(Section):
                 )
         if kind in ONLINE_OBJECTIVES:
             self._online_fits()
+        if kind == "distill":
+            self._distill_fits()
         if kind == "reward":
             if "task" in self.model.model_fields_set and self.model.task != (
                 "sequence_classification"
@@ -517,6 +519,21 @@ class RunConfig(Section):
             if self.train.exact_match_rows:
                 raise ValueError("train.exact_match_rows: a reward model does not generate")
         return self
+
+    def _distill_fits(self) -> None:
+        """Distillation: the loss reads the output layer's weight directly, and a held-out
+        exact match needs the field of the reference answers."""
+        targets = getattr(self.method, "target_modules", "all-linear")
+        if isinstance(targets, list) and "lm_head" in targets:
+            raise ValueError(
+                "method.target_modules: distillation computes its loss from lm_head's weight "
+                "directly, so an adapter on lm_head would never train; remove lm_head"
+            )
+        if self.train.exact_match_rows and self.objective.answer_column is None:
+            raise ValueError(
+                "train.exact_match_rows: name the field of the prompt rows that holds the "
+                "reference answers in objective.answer_column, or set 0"
+            )
 
     def _online_fits(self) -> None:
         """GRPO and RLOO: batches hold whole groups, and a KL penalty needs a reference."""

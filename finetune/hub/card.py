@@ -231,6 +231,12 @@ def _objective_text(objective: Any) -> str:
             f"to {objective.max_completion_length} tokens, rewards {rewards}, KL weight "
             f"{objective.beta:g}, on prompts"
         )
+    if objective.type == "distill":
+        return (
+            f"on-policy distillation from {objective.teacher} (TRL's DistillationTrainer), "
+            f"generalised JSD with beta {objective.beta:g} on sampled completions of up to "
+            f"{objective.max_completion_length} tokens, on prompts"
+        )
     if objective.type == "reward":
         return "reward model (TRL's RewardTrainer, pairwise loss) on preference pairs"
     return "supervised fine-tuning (the loss of the model's own head)"

@@ -181,6 +181,18 @@ def arguments_class(cfg: RunConfig) -> tuple[type[TrainingArguments], dict[str, 
         from trl import RLOOConfig
 
         return RLOOConfig, options | {"normalize_advantages": objective.normalize_advantages}
+    if objective.type == "distill":
+        from trl import DistillationConfig
+
+        return DistillationConfig, {
+            "beta": objective.beta,
+            "max_completion_length": objective.max_completion_length,
+            "temperature": objective.temperature,
+            "top_p": objective.top_p,
+            "top_k": objective.top_k,
+            "disable_dropout": False,
+            "include_num_input_tokens_seen": "no",  # batches hold prompts, not input_ids
+        }
     if objective.type == "reward":
         from trl import RewardConfig
 
@@ -252,6 +264,12 @@ def build_trainer(
         trainer = ONLINE_TRAINERS[objective.type](reward_funcs=functions, **common)
         trainer.optimizer_cls_and_kwargs = optimizer_cls_and_kwargs
         return trainer
+    if objective.type == "distill":
+        from finetune.train.trl_trainers import DistillationRunTrainer
+
+        trainer = DistillationRunTrainer(teacher_model=load_teacher(objective, tokenizer), **common)
+        trainer.optimizer_cls_and_kwargs = optimizer_cls_and_kwargs
+        return trainer
     if objective.type == "reward":
         from finetune.train.trl_trainers import RewardModelTrainer, WholeSequences
 
@@ -269,6 +287,28 @@ def build_trainer(
         compute_metrics=task.metrics,
         **common,
     )
+
+
+def load_teacher(objective: Any, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    """The distillation teacher, frozen, once its tokenizer is checked against the run's.
+
+    Raises:
+        ConfigError: the teacher's tokenizer is not the run's.
+    """
+    from finetune.evaluate import load_trained
+
+    teacher, teacher_tokenizer = load_trained(
+        objective.teacher, objective.teacher_trust_remote_code, "causal_lm"
+    )
+    if teacher_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise ConfigError(
+            f"objective.teacher: {objective.teacher} has another tokenizer than the run "
+            f"({len(teacher_tokenizer)} tokens against {len(tokenizer)}, or the same count "
+            "numbered differently); distillation compares next-token distributions token by "
+            f"token, so the student needs the teacher's: set tokenizer.name_or_path: "
+            f"{objective.teacher}"
+        )
+    return teacher.requires_grad_(False).eval()
 
 
 def _check_reward_fields(rewards: list[Any], rows: Any) -> None:

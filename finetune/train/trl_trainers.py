@@ -7,7 +7,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from trl import DPOTrainer, GRPOTrainer, KTOTrainer, RewardTrainer, RLOOTrainer
+from trl import (
+    DistillationTrainer,
+    DPOTrainer,
+    GRPOTrainer,
+    KTOTrainer,
+    RewardTrainer,
+    RLOOTrainer,
+)
 from trl.experimental.cpo import CPOTrainer
 from trl.experimental.orpo import ORPOTrainer
 from trl.trainer.reward_trainer import DataCollatorForPreference
@@ -156,10 +163,10 @@ class WholeSequences:
 
 
 class PromptRows:
-    """Mixed into TRL's online trainers (GRPO, RLOO), which sample completions of the data
-    layer's prompt rows: generation starts from the ids the data layer made (its chat
-    template, truncation and special tokens), and the rewards get the prompt as the data
-    gives it and the row's other fields (`finetune.train.rewards.checked` reads them)."""
+    """Mixed into TRL's trainers that sample completions of the data layer's prompt rows
+    (GRPO, RLOO, distillation): generation starts from the ids the data layer made (its
+    chat template, truncation and special tokens), and the rewards get the prompt as the
+    data gives it and the row's other fields (`finetune.train.rewards.checked` reads them)."""
 
     _prompt_ids: tuple[list[int], ...] = ()
 
@@ -182,3 +189,8 @@ class LeaveOneOutTrainer(PromptRows, NamedEvalMetrics, Guarded, ProjectModel, RL
 
 ONLINE_TRAINERS: dict[str, type] = {"grpo": GroupRelativeTrainer, "rloo": LeaveOneOutTrainer}
 """The trainer of each objective that samples completions of prompt rows."""
+
+
+class DistillationRunTrainer(PromptRows, NamedEvalMetrics, Guarded, DistillationTrainer):
+    """TRL's DistillationTrainer on the data layer's prompt rows: the student samples
+    answers from the ids the data layer made, and learns the teacher's distributions."""
