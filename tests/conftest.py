@@ -15,6 +15,15 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two xdist workers on two cores: each worker, and every process it starts, gets one
+    # thread (inherited through the environment). With a thread per core each, they spent
+    # most of their time waiting on each other's threads.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 WORDS = [
     "the",
     "cat",
