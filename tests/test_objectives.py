@@ -516,6 +516,3 @@ def test_distillation_teaches_the_answers(sft_model: Path, tmp_path: Path) -> No
     distilled_loss = json.loads(result.stdout)["eval_loss"]
     sft_loss = sft_info["metrics"]["eval_loss"]
     assert distilled_loss < 0.75 * start, f"{start=} {distilled_loss=} {sft_loss=}"
-    print(
-        f"held-out cross-entropy: start {start:.3f}, distilled {distilled_loss:.3f}, sft {sft_loss:.3f}"
-    )
