@@ -523,3 +523,25 @@ def test_distillation_teaches_the_answers(sft_model: Path, tmp_path: Path) -> No
     distilled_loss = json.loads(result.stdout)["eval_loss"]
     sft_loss = sft_info["metrics"]["eval_loss"]
     assert distilled_loss < 0.75 * start, f"{start=} {distilled_loss=} {sft_loss=}"
+
+
+def test_a_teacher_with_another_tokenizer_is_refused(sft_model: Path) -> None:
+    """Distillation compares the two models' distributions token by token: a teacher whose
+    tokenizer numbers tokens otherwise is refused before training, naming the fix; the
+    run's own tokenizer gets the teacher frozen."""
+    from transformers import AutoTokenizer
+
+    from finetune.errors import ConfigError
+    from finetune.train.objectives import load_teacher
+    from tests.data.helpers import chatml_tokenizer
+
+    objective = {"teacher": str(sft_model), "teacher_trust_remote_code": False}
+    objective = type("Distill", (), objective)
+    teacher = load_teacher(objective, AutoTokenizer.from_pretrained(sft_model))
+    assert not teacher.training
+    assert not any(p.requires_grad for p in teacher.parameters())
+    other = chatml_tokenizer()  # the same special tokens, trained on other text
+    with pytest.raises(ConfigError) as refused:
+        load_teacher(objective, other)
+    assert str(refused.value).startswith(f"objective.teacher: {sft_model} has another tokenizer")
+    assert f"set tokenizer.name_or_path: {sft_model}" in str(refused.value)
