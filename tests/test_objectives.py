@@ -531,12 +531,12 @@ def test_a_teacher_with_another_tokenizer_is_refused(sft_model: Path) -> None:
     run's own tokenizer gets the teacher frozen."""
     from transformers import AutoTokenizer
 
+    from finetune.config.objective import DistillObjective
     from finetune.errors import ConfigError
     from finetune.train.objectives import load_teacher
     from tests.data.helpers import chatml_tokenizer
 
-    objective = {"teacher": str(sft_model), "teacher_trust_remote_code": False}
-    objective = type("Distill", (), objective)
+    objective = DistillObjective(type="distill", teacher=str(sft_model))
     teacher = load_teacher(objective, AutoTokenizer.from_pretrained(sft_model))
     assert not teacher.training
     assert not any(p.requires_grad for p in teacher.parameters())
